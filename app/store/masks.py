@@ -1,0 +1,138 @@
+"""Instance masks as COCO RLE, the one mask format the store keeps.
+
+A mask is `np.bool_ [H, W]`. An RLE is `{"size": [H, W], "counts": str}` with the
+counts in pycocotools' compressed (LEB128-like) string form, so it is JSON-safe and
+`Annotation.rle` holds `json.dumps(rle)`. Boxes are COCO `[x, y, w, h]` in pixels.
+
+Untrusted RLEs are checked by `app.store.annotations.check_mask` first: pycocotools'
+decoder trusts its input. The functions here take trusted (checked or generated) RLEs.
+
+Pixel convention (pycocotools'): pixel (col i, row j) covers the square
+[i, i+1) x [j, j+1); a polygon through the corners (0,0) (10,0) (10,10) (0,10)
+rasterises to exactly the 10x10 pixels 0..9.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as coco_mask
+
+RLE = dict[str, Any]
+
+
+def mask_to_rle(mask: np.ndarray) -> RLE:
+    """mask bool [H, W] -> {"size": [H, W], "counts": str}."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D [H, W], got shape {tuple(mask.shape)}")
+    encoded = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(encoded["size"][0]), int(encoded["size"][1])], "counts": encoded["counts"].decode("ascii")}
+
+
+def _for_pycocotools(rle: RLE) -> RLE:
+    """Compressed RLE with bytes counts, as the C API wants; uncompressed (list counts) is compressed here."""
+    height, width = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        return coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii")
+    return {"size": [height, width], "counts": counts}
+
+
+def normalize_rle(rle: RLE) -> RLE:
+    """A trusted COCO RLE (string, bytes or uncompressed list counts) -> compressed, string counts."""
+    compact = _for_pycocotools(rle)
+    return {"size": [int(v) for v in compact["size"]], "counts": compact["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: RLE) -> np.ndarray:
+    """RLE -> mask bool [H, W]."""
+    return coco_mask.decode(_for_pycocotools(rle)).astype(bool)
+
+
+def rle_area(rle: RLE) -> int:
+    """Number of foreground pixels."""
+    return int(coco_mask.area(_for_pycocotools(rle)))
+
+
+def rle_bbox(rle: RLE) -> list[float]:
+    """Tight box [x, y, w, h] of the foreground (all zeros when empty)."""
+    return [float(v) for v in coco_mask.toBbox(_for_pycocotools(rle))]
+
+
+def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> RLE:
+    """COCO polygons (each flat [x1, y1, x2, y2, ...], >= 3 points) -> one RLE of their union.
+
+    Parts outside the image are clipped by the rasteriser (per column, rows clamped to
+    [0, H]), so the result is the polygon's intersection with the image.
+    """
+    rings = [[float(v) for v in ring] for ring in polygons]
+    for index, ring in enumerate(rings):
+        if len(ring) < 6 or len(ring) % 2:
+            raise ValueError(f"polygon {index} needs an even number of coordinates, at least 6, got {len(ring)}")
+    if not rings:
+        raise ValueError("no polygons given")
+    merged = coco_mask.merge(coco_mask.frPyObjects(rings, height, width))
+    return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
+
+
+def box_to_mask(bbox: list[float], height: int, width: int) -> np.ndarray:
+    """Box [x, y, w, h] -> mask bool [H, W] of the pixels it covers (edges rounded, clipped to the image)."""
+    x, y, w, h = (float(v) for v in bbox)
+    left, top = max(0, round(x)), max(0, round(y))
+    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+    mask = np.zeros((height, width), dtype=bool)
+    if right > left and bottom > top:
+        mask[top:bottom, left:right] = True
+    return mask
+
+
+def _finite_numbers(values: Any) -> list[float] | None:
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    numbers = [float(v) for v in values]
+    return numbers if all(math.isfinite(v) for v in numbers) else None
+
+
+def coco_shape_to_rle(segmentation: Any, bbox: Any, height: int, width: int) -> tuple[RLE, str]:
+    """A COCO annotation's shape -> (RLE at [height, width], kind); ValueError says why not.
+
+    kind: "rle" (the segmentation dict, returned UNCHECKED: validate it before use),
+    "polygon" (list of flat rings; rings under 3 points dropped) or, with no
+    segmentation, "box" (the bbox as a box-shaped mask). "-clipped" is appended when
+    a polygon or box reaches outside the image; the rasteriser clips it.
+    """
+    if isinstance(segmentation, dict):
+        return segmentation, "rle"
+    if isinstance(segmentation, list) and segmentation:
+        rings = [_finite_numbers(ring) for ring in segmentation]
+        if any(ring is None for ring in rings):
+            raise ValueError("polygon holds non-numeric or non-finite coordinates")
+        usable = [ring for ring in rings if len(ring) >= 6 and len(ring) % 2 == 0]
+        if not usable:
+            raise ValueError("no polygon with at least 3 points")
+        outside = any(
+            min(ring[0::2]) < 0 or max(ring[0::2]) > width or min(ring[1::2]) < 0 or max(ring[1::2]) > height
+            for ring in usable
+        )
+        return polygons_to_rle(usable, height, width), "polygon-clipped" if outside else "polygon"
+    box = _finite_numbers(bbox)
+    if box is None or len(box) != 4:
+        raise ValueError("no segmentation and no usable bbox [x, y, w, h]")
+    if box[2] <= 0 or box[3] <= 0:
+        raise ValueError(f"zero-area box {bbox}")
+    outside = box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height
+    return mask_to_rle(box_to_mask(box, height, width)), "box-clipped" if outside else "box"
+
+
+def rle_to_json(rle: RLE) -> str:
+    """RLE -> the text stored in `Annotation.rle` (same form as annotations.check_mask writes)."""
+    return json.dumps(normalize_rle(rle))
+
+
+def rle_from_json(text: str) -> RLE:
+    """`Annotation.rle` text -> RLE with string counts."""
+    return json.loads(text)

@@ -1,0 +1,34 @@
+"""The running studio's handles: settings, database engine, media folder.
+
+Built once at start (`open_studio`), passed to the UI handlers and the worker.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from app.settings import Settings
+from app.store.db import make_engine
+
+
+@dataclass(frozen=True)
+class Studio:
+    settings: Settings
+    engine: Engine
+
+    @property
+    def media_dir(self) -> Path:
+        return self.settings.media_dir
+
+
+def open_studio(settings: Settings, migrate: bool = True) -> Studio:
+    """Create DATA_DIR and the media folder, bring the schema to head, open the engine."""
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    if migrate:
+        from app.store.migrate import upgrade_database
+
+        upgrade_database(settings.database_url)
+    return Studio(settings=settings, engine=make_engine(settings.database_url))

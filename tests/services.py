@@ -1,0 +1,74 @@
+"""Real services for the tests: a Redis that answers (ours on a free port when none
+does), the PostgreSQL at 127.0.0.1:5432 when it answers."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis_server(port: int) -> subprocess.Popen:
+    """redis-server from PATH on `port`, persisting nothing; waits until it answers."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH: install it (apt-get install redis-server) or run `make test`")
+    workdir = tempfile.mkdtemp(prefix="redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    return process
+
+
+@contextmanager
+def running_redis(preferred_url: str) -> Iterator[str]:
+    """Yield a Redis URL that answers: `preferred_url` if it does, else our own server."""
+    if redis_answers(preferred_url):
+        yield preferred_url
+        return
+    port = free_port()
+    process = start_redis_server(port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def postgres_answers(url: str) -> bool:
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 2})
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
