@@ -77,15 +77,21 @@ def _emit(on_event: EventHandler | None, event: dict) -> bool:
     return bool(flag.item() > 0)
 
 
-def _setup_distributed(cfg: TrainConfig, device: torch.device) -> None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); one process per GPU (gloo on CPU)."""
+def _setup_distributed(cfg: TrainConfig, device: torch.device) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); one process per GPU (gloo on CPU).
+
+    Returns True when this call created the group, so the caller destroys it: a gloo
+    group left to interpreter exit can abort the process ("terminate called without
+    an active exception") after training succeeded.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 or torch.distributed.is_initialized():
-        return
+        return False
     if world != cfg.gpus:
         raise ValueError(f"gpus is {cfg.gpus} but torchrun started {world} processes; make them equal")
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch.distributed.init_process_group(backend=backend)
+    return True
 
 
 def _device_for_rank(cfg: TrainConfig) -> torch.device:
@@ -103,7 +109,15 @@ def _device_for_rank(cfg: TrainConfig) -> torch.device:
 def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult:
     """Run the fine-tune described by `cfg`; see the module docstring for events."""
     device = _device_for_rank(cfg)
-    _setup_distributed(cfg, device)
+    owns_group = _setup_distributed(cfg, device)
+    try:
+        return _train_on(cfg, on_event, device)
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train_on(cfg: TrainConfig, on_event: EventHandler | None, device: torch.device) -> TrainResult:
     dtype = resolve_precision(cfg.precision, device)
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / "checkpoints"
