@@ -96,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     studio = open_studio(settings)
     with_worker = settings.embedded_broker if args.with_worker is None else args.with_worker
     services = start_background_services(studio, with_worker=with_worker)
+    studio.models.warm_up_in_background()  # the banner says which SAM3 runs once it has loaded
 
     from app.ui.layout import build_app  # gradio is slow to import; --help and bad settings stay fast
 

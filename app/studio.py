@@ -1,14 +1,16 @@
-"""The running studio's handles: settings, database engine, media folder.
+"""The running studio's handles: settings, database engine, media folder, proposal models.
 
 Built once at start (`open_studio`), passed to the UI handlers and the worker.
+`models` loads nothing until first used (app.model_service).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from app.model_service import ProposalModels
 from app.settings import Settings
 from app.store.db import make_engine
 
@@ -17,6 +19,11 @@ from app.store.db import make_engine
 class Studio:
     settings: Settings
     engine: Engine
+    models: ProposalModels = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.models is None:
+            object.__setattr__(self, "models", ProposalModels(self.settings))
 
     @property
     def media_dir(self) -> Path:

@@ -54,11 +54,13 @@ class ExportData:
 
 
 def dataset_snapshot(engine: Engine, project_id: int) -> list[list[int]]:
-    """[[annotation_id, revision], ...] of the project's current non-deleted annotations, by id."""
+    """[[annotation_id, revision], ...] of the project's current non-deleted annotations, by id,
+    leaving out unreviewed model proposals (source "model"): a fine-tune learns only from
+    masks a person drew, accepted or imported."""
     query = (
         select(Annotation.id, Annotation.revision)
         .join(Image, Image.id == Annotation.image_id)
-        .where(Image.project_id == project_id, Annotation.deleted == False)  # noqa: E712
+        .where(Image.project_id == project_id, Annotation.deleted == False, Annotation.source != "model")  # noqa: E712
         .order_by(Annotation.id)
     )
     with read_session(engine) as session:

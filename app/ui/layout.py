@@ -1,33 +1,34 @@
-"""The studio's page: a title row, a banner, and one tab per area.
+"""The studio's page: a title row, the model banner, and one tab per area.
 
-Each tab's contents come from one function (`build_<area>_tab`), so a later issue
-replaces a placeholder below by importing its own builder.
+Each tab's contents come from one builder in its own module (`app/ui/<area>_tab.py`);
+they share the project dropdown of the Projects & Data tab.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import gradio as gr
 
 from app.studio import Studio
+from app.ui.annotate_tab import build_annotate_tab
 from app.ui.data_tab import build_data_tab
+from app.ui.models_tab import build_models_tab
+from app.ui.train_tab import build_train_tab
 
 APP_TITLE = "SAM3 LoRA Studio"
 
 
-def build_annotate_tab(studio: Studio) -> None:
-    gr.Markdown("Annotate: SAM3 proposals from text, point and box prompts, corrected with a brush. Coming next.")
-
-
-def build_train_tab(studio: Studio) -> None:
-    gr.Markdown("Train: fine-tune a LoRA adapter on this project's labels and watch the loss curve live. Coming next.")
-
-
-def build_models_tab(studio: Studio) -> None:
-    gr.Markdown("Models: trained adapters with their metrics, to download or use for proposals. Coming next.")
-
-
 def model_banner(studio: Studio) -> str:
-    """The banner line; the model's load status is wired in by the annotate issue."""
-    return f"Model: `{studio.settings.SAM3_MODEL}`"
+    """The banner: the SAM3 in use, or that it is still loading; a loud warning for the tiny fallback."""
+    status = studio.models.loaded_status()
+    if status is None:
+        return f"Model: loading SAM3 from `{studio.settings.SAM3_MODEL}`…"
+    return status.banner()
+
+
+def refresh_banner(studio: Studio) -> tuple[str, gr.Timer]:
+    """(banner, timer update): the timer stops once the model has loaded."""
+    return model_banner(studio), gr.Timer(active=studio.models.loaded_status() is None)
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -37,14 +38,17 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=APP_TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {APP_TITLE}", elem_id="studio-title")
-            gr.Markdown(model_banner(studio), elem_id="studio-banner")
+            banner = gr.Markdown(model_banner(studio), elem_id="studio-banner")
         with gr.Tabs():
             with gr.Tab("Projects & Data", id="data"):
-                build_data_tab(studio, demo)
+                project = build_data_tab(studio, demo)
             with gr.Tab("Annotate", id="annotate"):
-                build_annotate_tab(studio)
+                proposal_model = build_annotate_tab(studio, demo, project)
             with gr.Tab("Train", id="train"):
-                build_train_tab(studio)
+                build_train_tab(studio, demo, project)
             with gr.Tab("Models", id="models"):
-                build_models_tab(studio)
+                build_models_tab(studio, demo, project, proposal_model)
+        banner_timer = gr.Timer(2.0)
+        demo.load(partial(refresh_banner, studio), None, [banner, banner_timer])
+        banner_timer.tick(partial(refresh_banner, studio), None, [banner, banner_timer])
     return demo

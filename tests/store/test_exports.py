@@ -148,6 +148,19 @@ def test_snapshot_export_is_frozen_while_people_keep_editing(labelled):
         [ids["rectangle"], 2], [ids["l_shape"], 1], [ids["two_blobs"], 1], [newcomer, 1]]
 
 
+def test_snapshot_leaves_out_unreviewed_model_proposals(labelled):
+    from app.store.annotations import save_annotation
+
+    ids = labelled.annotation_ids
+    proposal = save_annotation(labelled.engine, image_id=labelled.image_id, concept_id=labelled.concepts["crack"],
+                               rle=mask_to_rle(disk()), source="model", score=0.8)
+    assert [row[0] for row in dataset_snapshot(labelled.engine, labelled.project_id)] == sorted(ids.values())
+
+    accepted = save_annotation(labelled.engine, image_id=labelled.image_id, concept_id=labelled.concepts["crack"],
+                               rle=mask_to_rle(disk()), annotation_id=proposal.id, base_revision=1, source="human")
+    assert [accepted.id, 2] in dataset_snapshot(labelled.engine, labelled.project_id)
+
+
 def test_snapshot_naming_unsaved_versions_is_refused(labelled):
     with pytest.raises(ExportError, match=f"annotation {labelled.annotation_ids['disk']} revision 5"):
         export_coco(labelled.engine, labelled.media_dir, labelled.project_id, labelled.out,

@@ -1,0 +1,128 @@
+"""The SAM3 the studio proposes with: SAM3_MODEL, or the tiny random SAM3 when that cannot load.
+
+    base   = load_predictor(SAM3_MODEL)                      first use, once per process
+             on ModelLoadError: DATA_DIR/models/tiny-sam3 (written once) and a banner
+             saying the masks are random, with the reason
+    choice = "base" | an adapter folder  -> load_predictor(base source, adapter)
+             at most `max_loaded` predictors stay in memory (least recently used leaves)
+
+One `ProposalModels` per studio process (Studio.models). Loading is serialised by a
+lock; predictions on a loaded model run concurrently with other work. Jobs train on
+`status().source`, so a fine-tune uses the same SAM3 the proposals came from.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.settings import Settings
+from sam3_lora.model import ModelLoadError
+from sam3_lora.predict import BackboneCache, load_predictor
+
+logger = logging.getLogger(__name__)
+
+BASE = "base"
+TINY_FOLDER = "models/tiny-sam3"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Which SAM3 is loaded. `fallback_reason` is set when SAM3_MODEL failed and the tiny model runs."""
+
+    requested: str
+    source: str
+    fallback_reason: str = ""
+
+    @property
+    def is_fallback(self) -> bool:
+        return bool(self.fallback_reason)
+
+    def banner(self) -> str:
+        if self.is_fallback:
+            return (f"⚠️ **Tiny random SAM3 in use**: its masks are noise, useful only to try the workflow. "
+                    f"`{self.requested}` could not be loaded ({self.fallback_reason}). "
+                    "Set SAM3_MODEL to a folder or hub id of the real weights and restart.")
+        return f"Model: SAM3 from `{self.source}`"
+
+
+def tiny_model_folder(settings: Settings) -> Path:
+    """DATA_DIR/models/tiny-sam3, written on first call (seeded, so every studio gets the same weights)."""
+    from sam3_lora.tiny import save_tiny_sam3
+
+    folder = settings.DATA_DIR / TINY_FOLDER
+    if not (folder / "config.json").is_file():
+        save_tiny_sam3(folder)
+    return folder
+
+
+class ProposalModels:
+    """Loaded predictors by choice ("base" or an adapter folder), a shared BackboneCache, the status."""
+
+    def __init__(self, settings: Settings, load: Callable = load_predictor, max_loaded: int = 2) -> None:
+        self.settings = settings
+        self.cache = BackboneCache(max_images=4)
+        self._load = load
+        self._max_loaded = max_loaded
+        self._lock = threading.Lock()
+        self._status: ModelStatus | None = None
+        self._loaded: OrderedDict[str, tuple] = OrderedDict()
+
+    def loaded_status(self) -> ModelStatus | None:
+        """The status if the base model has been loaded, else None (does not load)."""
+        return self._status
+
+    def status(self) -> ModelStatus:
+        """Load the base model if needed; return which SAM3 runs."""
+        self.get(None)
+        return self._status
+
+    def get(self, adapter: str | Path | None) -> tuple:
+        """(model, tokenizer) for the base SAM3 (`adapter` None) or the base plus the adapter folder."""
+        key = BASE if adapter is None else str(adapter)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            if self._status is None:
+                self._loaded[BASE] = self._load_base()
+            if key != BASE:
+                self._loaded[key] = self._load(self._status.source, adapter=key)
+            while len(self._loaded) > self._max_loaded:
+                oldest = next(k for k in self._loaded if k != key)
+                del self._loaded[oldest]
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+
+    def _load_base(self) -> tuple:
+        requested = self.settings.SAM3_MODEL
+        try:
+            predictor = self._load(requested)
+            self._status = ModelStatus(requested=requested, source=requested)
+        except ModelLoadError as error:
+            reason = str(error.__cause__ or error).splitlines()[0][:300]
+            logger.warning("SAM3 from %r failed (%s); using the tiny random SAM3", requested, reason)
+            tiny = str(tiny_model_folder(self.settings))
+            predictor = self._load(tiny)
+            self._status = ModelStatus(requested=requested, source=tiny, fallback_reason=reason)
+        return predictor
+
+    def forget(self, adapter: str | Path) -> None:
+        """Drop a loaded adapter predictor (its folder was deleted)."""
+        with self._lock:
+            self._loaded.pop(str(adapter), None)
+
+    def warm_up_in_background(self) -> threading.Thread:
+        """Load the base model on a daemon thread, so the first "Find all" does not wait for it."""
+        def warm() -> None:
+            try:
+                self.status()
+            except Exception:  # reported again, with its message, on first use
+                logger.exception("loading the proposal model failed")
+
+        thread = threading.Thread(target=warm, name="model-warm-up", daemon=True)
+        thread.start()
+        return thread
