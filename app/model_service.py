@@ -84,17 +84,14 @@ class ProposalModels:
         """(model, tokenizer) for the base SAM3 (`adapter` None) or the base plus the adapter folder."""
         key = BASE if adapter is None else str(adapter)
         with self._lock:
-            if key in self._loaded:
-                self._loaded.move_to_end(key)
-                return self._loaded[key]
             if self._status is None:
                 self._loaded[BASE] = self._load_base()
-            if key != BASE:
-                self._loaded[key] = self._load(self._status.source, adapter=key)
-            while len(self._loaded) > self._max_loaded:
-                oldest = next(k for k in self._loaded if k != key)
-                del self._loaded[oldest]
+            if key not in self._loaded:
+                base_source = self._status.source
+                self._loaded[key] = self._load(base_source) if key == BASE else self._load(base_source, adapter=key)
             self._loaded.move_to_end(key)
+            while len(self._loaded) > self._max_loaded:
+                self._loaded.popitem(last=False)  # least recently used; never `key`, which is last
             return self._loaded[key]
 
     def _load_base(self) -> tuple:
