@@ -183,10 +183,9 @@ def test_cancel_stops_at_the_next_step_and_keeps_a_partial_adapter(running_worke
     assert max(r.step for r in read_metrics(engine, job.id)) <= done.step
 
 
+@pytest.mark.parametrize("running_worker", ["redis"], indirect=True)  # the embedded broker is a file: never unreachable
 def test_a_job_submitted_while_the_broker_is_down_runs_once_after_the_sweep(running_worker, tiny_model_dir):
     settings, engine, project_id, snapshot, send, redis_url = running_worker
-    if not redis_url:
-        pytest.skip("the embedded broker is a file; it cannot be unreachable")
     closed = partial(send_train, make_celery(Settings(DATA_DIR=settings.DATA_DIR, REDIS_URL="redis://127.0.0.1:1/0")))
     job = submit_job(engine, project_id, job_config(tiny_model_dir, max_steps=4), snapshot, closed)
     assert (job.state, job.enqueued_at) == ("queued", None)
@@ -198,10 +197,9 @@ def test_a_job_submitted_while_the_broker_is_down_runs_once_after_the_sweep(runn
     assert len(adapters_of(engine, job.id)) == 1
 
 
+@pytest.mark.parametrize("running_worker", ["embedded"], indirect=True)  # one broker is enough for this
 def test_a_bad_dataset_fails_the_job_with_a_readable_error(running_worker, tiny_model_dir):
     settings, engine, project_id, snapshot, send, redis_url = running_worker
-    if redis_url:
-        pytest.skip("one broker is enough for this")
     config = job_config(tiny_model_dir, max_steps=4)
     config["data"]["image_size"] = 113  # not a multiple of the patch size: refused by TrainConfig
     job = submit_job(engine, project_id, config, snapshot, send)
