@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis, the tiny SAM3 saved to a folder, data dirs."""
+"""Shared fixtures: real Redis, the PostgreSQL test database, the tiny SAM3 saved to a folder."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import postgres_answers, running_redis
+from tests.services import fresh_postgres_database, postgres_answers, running_redis
 
 DEFAULT_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DEFAULT_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -23,6 +23,15 @@ def postgres_url() -> str:
     if not postgres_answers(DEFAULT_POSTGRES_URL):
         pytest.skip(f"no PostgreSQL answers at {DEFAULT_POSTGRES_URL}")
     return DEFAULT_POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_url: str) -> str:
+    """URL of one fresh database at Alembic head for this session (a unique name, so runs
+    sharing the server never collide), dropped at the end. The store and job suites use it,
+    truncating every table before each test (tests.services.truncate_all)."""
+    with fresh_postgres_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Real services for the tests: a Redis that answers (ours on a free port when none
-does), the PostgreSQL at 127.0.0.1:5432 when it answers."""
+does), the PostgreSQL at 127.0.0.1:5432 when it answers, and fresh databases on it."""
 from __future__ import annotations
 
 import shutil
@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -72,3 +73,61 @@ def postgres_answers(url: str) -> bool:
         return True
     except Exception:
         return False
+
+
+def create_postgres_database(server_url: str, prefix: str = "studio_test") -> str:
+    """A new empty database with a unique name on the server of `server_url`; returns its URL.
+
+    Unique names (prefix + 12 hex digits) let test runs and worker tests share one
+    server without ever seeing each other's rows.
+    """
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    server = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    """DROP DATABASE ... WITH (FORCE): closes the connections a killed worker may have left open."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url)
+    admin = sqlalchemy.create_engine(database.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database.database}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str, migrate: bool = True) -> Iterator[str]:
+    """Yield the URL of a new database (at Alembic head when `migrate`), dropped afterwards."""
+    url = create_postgres_database(server_url)
+    try:
+        if migrate:
+            from app.store.migrate import upgrade_database
+
+            upgrade_database(url)
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def truncate_all(engine) -> None:
+    """Empty every table of the studio on a PostgreSQL engine, ids restarting at 1."""
+    from sqlalchemy import text
+    from sqlmodel import SQLModel
+
+    tables = ", ".join(table.name for table in SQLModel.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

@@ -1,4 +1,6 @@
-"""Fixtures of the job tests: a real SQLite file with the tables and one project."""
+"""Fixtures of the job tests: a store with one project, on a real SQLite file (tables from
+create_all) and, when a PostgreSQL server answers, on the session's migrated database
+(tests/conftest.py `postgres_database`, every table truncated before each test)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +11,18 @@ from sqlmodel import SQLModel
 
 from app.store.db import make_engine, write_session
 from app.store.models import Project
+from tests.services import truncate_all
 
 SNAPSHOT = [[1, 1], [2, 3]]
 CONFIG = {"epochs": 1, "lr": 1e-4}
+
+
+def add_project(engine: Engine, name: str = "cracks") -> int:
+    with write_session(engine) as session:
+        project = Project(name=name)
+        session.add(project)
+        session.flush()
+        return project.id
 
 
 def new_store(data_dir: Path) -> tuple[Engine, int]:
@@ -19,16 +30,17 @@ def new_store(data_dir: Path) -> tuple[Engine, int]:
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(f"sqlite:///{(data_dir / 'studio.db').resolve()}")
     SQLModel.metadata.create_all(engine)
-    with write_session(engine) as session:
-        project = Project(name="cracks")
-        session.add(project)
-        session.flush()
-        return engine, project.id
+    return engine, add_project(engine)
 
 
-@pytest.fixture
-def store(tmp_path) -> tuple[Engine, int]:
-    engine, project_id = new_store(tmp_path / "data")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> tuple[Engine, int]:
+    if request.param == "sqlite":
+        engine, project_id = new_store(tmp_path / "data")
+    else:
+        engine = make_engine(request.getfixturevalue("postgres_database"))
+        truncate_all(engine)
+        project_id = add_project(engine)
     yield engine, project_id
     engine.dispose()
 

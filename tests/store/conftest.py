@@ -1,48 +1,22 @@
 """Store fixtures: `engine` runs each test on a fresh migrated SQLite file and, when a
-PostgreSQL server answers, on one migrated database made for this session (tables
-truncated before each test, dropped at the end). Plus small builders for rows and masks.
+PostgreSQL server answers, on the session's migrated database (tests/conftest.py
+`postgres_database`; tables truncated before each test). Plus small builders for rows and masks.
 """
 from __future__ import annotations
 
 import itertools
-import uuid
 
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 
 from app.store.db import make_engine, write_session
 from app.store.migrate import upgrade_database
 from app.store.models import Image
+from tests.services import truncate_all
 
 _image_numbers = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres_database(postgres_url: str) -> str:
-    """URL of a fresh, migrated database on the test server, dropped after the session."""
-    server = make_url(postgres_url)
-    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    name = f"studio_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        url = server.set(database=name).render_as_string(hide_password=False)
-        upgrade_database(url)
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
-def truncate_all(engine: Engine) -> None:
-    tables = ", ".join(table.name for table in SQLModel.metadata.sorted_tables)
-    with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
