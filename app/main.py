@@ -58,6 +58,7 @@ def launch_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
     Downloads (export zips) and thumbnails are returned as files from a per-user
     temp folder, which gradio copies into its cache; nothing else needs serving, so
     allowed_paths is empty and DATA_DIR (database, media) is blocked outright.
+    FastAPI's /openapi.json and /docs are switched off: gradio leaves them outside the login.
     """
     from app.ui.theme import STUDIO_CSS, studio_theme
 
@@ -75,6 +76,7 @@ def launch_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
         "footer_links": ["api", "settings"],
         "theme": studio_theme(),
         "css": STUDIO_CSS,
+        "app_kwargs": {"openapi_url": None, "docs_url": None, "redoc_url": None},
     }
 
 
