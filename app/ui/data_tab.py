@@ -15,11 +15,11 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
     """Build the tab's contents inside the current gr.Tab (projects are listed again on
     every page load of `demo`); returns the project dropdown, which other tabs listen to."""
     with gr.Row():
-        project = gr.Dropdown(label="Project", choices=[], value=None, scale=3, interactive=True)
+        project = gr.Dropdown(label="Project", choices=[], value=None, scale=3, interactive=True, elem_id="data-project")
         new_project_name = gr.Textbox(
-            label="New project", placeholder="e.g. Road cracks", submit_btn="Create", scale=2
+            label="New project", placeholder="e.g. Road cracks", submit_btn="Create", scale=2, elem_id="data-new-project"
         )
-    project_status = gr.Markdown()
+    project_status = gr.Markdown(elem_id="data-project-status")
 
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
@@ -47,17 +47,17 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
                 with gr.Tab("Upload images"):
                     upload_files = gr.File(
                         label="Images (PNG, JPEG, WebP, BMP, TIFF) or .zip archives of them",
-                        file_count="multiple", type="filepath", height=140,
+                        file_count="multiple", type="filepath", height=140, elem_id="data-upload-files",
                     )
-                    upload_button = gr.Button("Add to project", variant="primary")
-                    upload_report = gr.Markdown()
+                    upload_button = gr.Button("Add to project", variant="primary", elem_id="data-upload")
+                    upload_report = gr.Markdown(elem_id="data-upload-report")
                 with gr.Tab("Import COCO"):
                     coco_files = gr.File(
                         label="One COCO .json plus its images, or one .zip holding both",
-                        file_count="multiple", type="filepath", height=140,
+                        file_count="multiple", type="filepath", height=140, elem_id="data-coco-files",
                     )
-                    import_button = gr.Button("Import", variant="primary")
-                    import_report = gr.Markdown()
+                    import_button = gr.Button("Import", variant="primary", elem_id="data-import")
+                    import_report = gr.Markdown(elem_id="data-import-report")
                 with gr.Tab("Export"):
                     gr.Markdown("Everything labelled in this project, as a zip.")
                     with gr.Row():
