@@ -1,13 +1,115 @@
-"""Layout of the "Annotate" tab (placeholder: replaced by its own issue work)."""
+"""Layout of the "Annotate" tab: builds the components and wires them to the annotate_*
+handler modules (bound to the studio with functools.partial). No logic here.
+
+Every handler takes (session, threshold, ...) and returns the seven VIEW outputs of
+app.ui.annotate_view. All of them share one concurrency group of size 1, so a key
+pressed while Find all runs acts on its result (gr.State is read when an event runs).
+"""
 from __future__ import annotations
+
+from functools import partial
 
 import gradio as gr
 
 from app.studio import Studio
+from app.ui import annotate_edits as edits
+from app.ui import annotate_navigation as navigation
+from app.ui import annotate_proposals as proposals
+from app.ui.annotate_masks import LAYER_NAME, concept_brush
+from app.ui.annotate_shortcuts import SHORTCUT_HELP, SHORTCUTS_JS
+from app.ui.annotate_undo import undo
+from app.ui.annotate_view import ALL_STATUSES, DEFAULT_THRESHOLD, INSTANCE_HEADERS, NO_CONCEPT_COLOR, new_session
+from app.ui.proposal_choices import BASE_CHOICE
+
+EDITS = {"concurrency_id": "annotate", "concurrency_limit": 1}
 
 
 def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> gr.Dropdown:
     """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown.
     Returns the proposal-model dropdown (values from app.ui.proposal_choices), which the Models tab sets."""
-    gr.Markdown("Annotate: coming next.")
-    return gr.Dropdown(label="Proposal model", choices=[("Base SAM3", "base")], value="base", elem_id="annotate-model")
+    tab = gr.context.Context.block  # the enclosing gr.Tab: entering it refreshes lists changed elsewhere
+    session = gr.State(new_session())
+    with gr.Row(equal_height=True):
+        status_filter = gr.Radio(list(navigation.STATUS_FILTERS), value=ALL_STATUSES, label="Show",
+                                 elem_id="annotate-status-filter", scale=2)
+        image_list = gr.Dropdown(label="Image", choices=[], value=None, elem_id="annotate-image", scale=3)
+        prev_button = gr.Button("◀ Previous", elem_id="annotate-prev", size="sm", scale=1)
+        next_button = gr.Button("Next ▶", elem_id="annotate-next", size="sm", scale=1)
+    image_info = gr.Markdown("No image open.", elem_id="annotate-image-info")
+    with gr.Row(equal_height=True):
+        concept = gr.Dropdown(label="Concept", choices=[], value=None, elem_id="annotate-concept", scale=2)
+        model = gr.Dropdown(label="Proposal model", choices=[("Base SAM3", BASE_CHOICE)], value=BASE_CHOICE,
+                            elem_id="annotate-model", scale=2)
+        find_all_button = gr.Button("Find all", variant="primary", elem_id="annotate-find-all", scale=1)
+        threshold = gr.Slider(0, 1, value=DEFAULT_THRESHOLD, step=0.01, label="Show proposals scoring at least",
+                              elem_id="annotate-threshold", scale=2)
+    message = gr.Markdown(elem_id="annotate-message")
+    with gr.Row():
+        with gr.Column(scale=1, min_width=360):
+            mode = gr.Radio(list(proposals.CLICK_MODES), value=proposals.MODE_SELECT, label="A click on the image does",
+                            elem_id="annotate-click-mode")
+            overlay = gr.Image(label="Instances (click one to select it)", type="pil", format="png", interactive=False,
+                               buttons=["fullscreen"], elem_id="annotate-overlay")
+            with gr.Row():
+                new_button = gr.Button("New instance", size="sm", elem_id="annotate-new")
+                clear_clicks_button = gr.Button("Clear clicks", size="sm", elem_id="annotate-clear-clicks")
+        with gr.Column(scale=1, min_width=360):
+            editor = gr.ImageEditor(
+                label="Brush / eraser: the selected instance", type="numpy", image_mode="RGBA", format="png",
+                sources=None, transforms=(), layers=gr.LayerOptions(allow_additional_layers=False, layers=[LAYER_NAME]),
+                brush=concept_brush(NO_CONCEPT_COLOR), eraser=gr.Eraser(), elem_id="annotate-editor",
+            )
+            with gr.Row():
+                save_button = gr.Button("Save mask", variant="primary", size="sm", elem_id="annotate-save-mask")
+                reload_button = gr.Button("Reload", size="sm", elem_id="annotate-reload")
+    instances = gr.Dataframe(headers=INSTANCE_HEADERS, value=[], interactive=False, max_height=300,
+                             label="Instances of this image (click a row to select)", elem_id="annotate-instances")
+    with gr.Row():
+        accept_button = gr.Button("Accept", variant="primary", size="sm", elem_id="annotate-accept")
+        reject_button = gr.Button("Reject", size="sm", elem_id="annotate-reject")
+        delete_button = gr.Button("Delete", variant="stop", size="sm", elem_id="annotate-delete")
+        relabel_button = gr.Button("Relabel as concept", size="sm", elem_id="annotate-relabel")
+        undo_button = gr.Button("Undo", size="sm", elem_id="annotate-undo")
+    gr.Markdown(SHORTCUT_HELP, elem_id="annotate-help")
+
+    # ---- wiring
+    view = [session, image_list, image_info, overlay, editor, instances, message]
+    state = [session, threshold]
+
+    def refresh_dropdowns(event):
+        return event.then(partial(navigation.concept_choices, studio), [project, concept], [concept]).then(
+            partial(navigation.model_choices, studio), [project, model], [model])
+
+    refresh_dropdowns(project.change(partial(navigation.open_project, studio), [*state, project], view, **EDITS))
+    if isinstance(tab, gr.Tab):
+        refresh_dropdowns(tab.select(partial(navigation.refresh_tab, studio), [*state, project], view, **EDITS))
+    concept.change(partial(navigation.pick_concept, studio), [session, concept], [session, find_all_button], **EDITS)
+    image_list.input(partial(navigation.open_image, studio), [*state, image_list], view, **EDITS)
+    prev_button.click(partial(navigation.step_image, studio, step=-1), state, view, **EDITS)
+    next_button.click(partial(navigation.step_image, studio, step=1), state, view, **EDITS)
+    status_filter.change(partial(navigation.set_status_filter, studio), [*state, status_filter], view, **EDITS)
+
+    find_all_button.click(partial(proposals.find_all, studio), [*state, model, concept], view, **EDITS)
+    threshold.release(partial(proposals.change_threshold, studio), state, view, **EDITS)
+    clear_clicks_button.click(partial(proposals.clear_clicks, studio), state, view, **EDITS)
+
+    def on_overlay_click(session_value, threshold_value, mode_value, model_value, concept_value, event: gr.SelectData):
+        x, y = event.index
+        return proposals.overlay_click(studio, session_value, threshold_value, mode_value, model_value, concept_value, x, y)
+
+    overlay.select(on_overlay_click, [*state, mode, model, concept], view, **EDITS)
+
+    def on_row_click(session_value, threshold_value, event: gr.SelectData):
+        return edits.select_row(studio, session_value, threshold_value, event.row_value)
+
+    instances.select(on_row_click, state, view, **EDITS)
+    new_button.click(partial(edits.new_instance, studio), state, view, **EDITS)
+    save_button.click(partial(edits.save_mask, studio), [*state, editor, concept], view, **EDITS)
+    reload_button.click(partial(edits.reload, studio), state, view, **EDITS)
+    accept_button.click(partial(edits.accept, studio), [*state, editor], view, **EDITS)
+    reject_button.click(partial(edits.reject, studio), state, view, **EDITS)
+    delete_button.click(partial(edits.delete, studio), state, view, **EDITS)
+    relabel_button.click(partial(edits.relabel, studio), [*state, editor, concept], view, **EDITS)
+    undo_button.click(partial(undo, studio), state, view, **EDITS)
+    demo.load(None, js=SHORTCUTS_JS)
+    return model

@@ -1,0 +1,254 @@
+"""SAM3 proposals in the Annotate tab: Find all <concept>, threshold, clicks and boxes on the overlay.
+
+Find all runs `predict` once with the concept's name and keeps every instance scoring
+>= PROPOSAL_FLOOR; they are saved at once as annotations with source "model" and their
+score (the image becomes "proposed"), replacing the still-unreviewed model proposals of
+that concept on the image. The threshold slider only hides proposals below it (no
+model run). The backbone runs once per image: studio.models.cache holds its features.
+
+Clicks (+ / -) and two box corners refine or add ONE instance (predict_from_clicks, or
+predict with `boxes=`): the best result replaces the selected instance as a model
+proposal, or becomes a new one when none is selected.
+Model errors (adapter deleted, phrase too long, weights unreadable) become a message
+naming the cause; nothing saved is touched.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from app.store.adapters import AdapterNotFound
+from app.store.annotations import RevisionConflict, delete_annotation, list_annotations, save_annotation
+from app.store.masks import mask_to_rle
+from app.store.models import Concept
+from app.studio import Studio
+from app.ui.annotate_edits import conflict_message
+from app.ui.annotate_undo import change_of, push_undo
+from app.ui.annotate_view import (
+    DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
+    refusal, render, select,
+)
+from app.ui.proposal_choices import BASE_CHOICE, adapter_folder_of_choice
+from sam3_lora.predict import Instance, predict, predict_from_clicks
+
+logger = logging.getLogger(__name__)
+
+PROPOSAL_FLOOR = 0.05  # kept from one Find all; the slider shows those >= its value without a model run
+CLICK_FLOOR = 0.0  # a click asks for one object: take the best answer, however unsure
+MODE_SELECT, MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX = "Select instance", "+ click", "− click", "Box corners"
+CLICK_MODES = (MODE_SELECT, MODE_POSITIVE, MODE_NEGATIVE, MODE_BOX)
+
+
+class ProposalError(ValueError):
+    """The proposal model could not run; the message names the cause."""
+
+
+def _model_name(choice: str | None) -> str:
+    return "base SAM3" if choice in (None, "", BASE_CHOICE) else f"adapter #{choice}"
+
+
+def proposal_model(studio: Studio, choice: str | None) -> tuple:
+    """(model, tokenizer) of the chosen proposal model; ProposalError says why not."""
+    try:
+        folder = adapter_folder_of_choice(studio, choice)
+    except AdapterNotFound:
+        raise ProposalError(
+            f"the proposal model {_model_name(choice)} no longer exists (deleted?); choose another under Proposal model"
+        ) from None
+    except ValueError as error:
+        raise ProposalError(f"the proposal model {choice!r} is unusable: {error}") from None
+    if folder is not None and not (folder / "adapter_config.json").is_file():
+        raise ProposalError(f"the files of {_model_name(choice)} are missing from {folder.name}; choose another model")
+    try:
+        return studio.models.get(folder)
+    except Exception as error:  # any load failure is reported, never a stack trace in the browser
+        logger.exception("loading proposal model %s failed", choice)
+        raise ProposalError(f"could not load {_model_name(choice)}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+def _run_model(what: str, run) -> list[Instance]:
+    """Call the model; ValueError (e.g. a phrase over 32 tokens) and any other failure -> ProposalError."""
+    try:
+        return run()
+    except ValueError as error:
+        raise ProposalError(f"{what}: {_first_line(error)}") from None
+    except Exception as error:
+        logger.exception("%s failed", what)
+        raise ProposalError(f"{what} failed: {type(error).__name__}: {_first_line(error)}") from None
+
+
+def _concept(concepts: dict[int, Concept], concept_id: Any) -> Concept:
+    if concept_id in (None, "") or int(concept_id) not in concepts:
+        raise ValueError("choose a concept first (add one under Projects & Data)")
+    return concepts[int(concept_id)]
+
+
+def find_all(
+    studio: Studio, session: dict[str, Any], threshold: float | None, model_choice: str | None, concept_id: int | None
+) -> tuple:
+    """Run SAM3 with the concept's name on the open image, save the proposals, select the best one."""
+    session = copy_session(session)
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    try:
+        image = open_image_row(studio, session)
+        concept = _concept(concepts_by_id(studio, image.project_id), concept_id)
+        model, tokenizer = proposal_model(studio, model_choice)
+        pixels = image_pixels(studio, image)
+        instances = _run_model(f"Find all {concept.name!r}", lambda: predict(
+            model, tokenizer, pixels, concept.name, score_threshold=PROPOSAL_FLOOR, cache=studio.models.cache))
+    except ValueError as error:
+        return render(studio, session, threshold, refusal("Find all did not run", error), editor=False)
+    changes, kept = [], 0
+    for old in list_annotations(studio.engine, image.id):
+        if old.source == "model" and old.concept_id == concept.id:
+            try:
+                changes.append(change_of(old, delete_annotation(studio.engine, old.id, old.revision, author="find all")))
+            except (RevisionConflict, ValueError):  # someone is editing it right now: leave it be
+                kept += 1
+    replaced = len(changes)
+    created = []
+    for instance in instances:
+        if not instance.mask.any():  # an empty mask is no instance (and the store refuses it)
+            continue
+        saved = save_annotation(studio.engine, image_id=image.id, concept_id=concept.id, rle=mask_to_rle(instance.mask),
+                                source="model", score=min(max(instance.score, 0.0), 1.0), author="find all")
+        changes.append(change_of(None, saved))
+        created.append(saved)
+    push_undo(session, f"Find all {concept.name}", image.id, changes)
+    select(session, created[0] if created else None)  # predict sorts by score: the first is the best
+    return render(studio, session, threshold, _find_all_message(concept.name, model_choice, created, replaced, kept, threshold))
+
+
+def _find_all_message(name: str, model_choice: str | None, created: list, replaced: int, kept: int, threshold: float) -> str:
+    if not created:
+        message = f"Find all **{name}** ({_model_name(model_choice)}): no proposal scored {PROPOSAL_FLOOR} or more."
+    else:
+        above = sum(a.score >= threshold for a in created)
+        message = (
+            f"Find all **{name}** ({_model_name(model_choice)}): {len(created)} proposals, scores "
+            f"{created[-1].score:.2f}–{created[0].score:.2f}, {above} at or above the threshold {threshold:.2f}. "
+            f"Selected the best, #{created[0].id}: correct it with the brush and Save (s), or Accept (a) / Reject (r)."
+        )
+    if replaced:
+        message += f" Replaced {replaced} earlier unreviewed proposals of {name}."
+    if kept:
+        message += f" {kept} proposals changed by someone else meanwhile were left as they are."
+    return message
+
+
+def change_threshold(studio: Studio, session: dict[str, Any], threshold: float | None) -> tuple:
+    """Show the proposals at or above the new threshold (no model run; the editor keeps its edit)."""
+    session = copy_session(session)
+    return render(studio, session, threshold, "", editor=False)
+
+
+def clear_clicks(studio: Studio, session: dict[str, Any], threshold: float | None) -> tuple:
+    session = copy_session(session)
+    session["clicks"], session["corner"] = [], None
+    return render(studio, session, threshold, "Prompt clicks cleared.", editor=False)
+
+
+def _instance_at(studio: Studio, session: dict[str, Any], threshold: float, x: float, y: float):
+    """The smallest shown instance covering pixel (x, y), or None."""
+    hits = []
+    for annotation in list_annotations(studio.engine, int(session["image_id"])):
+        mask = annotation_mask(annotation)
+        row, column = int(y), int(x)
+        if is_shown(annotation, threshold, session.get("selected")) and 0 <= row < mask.shape[0] \
+                and 0 <= column < mask.shape[1] and mask[row, column]:
+            hits.append((annotation.area, annotation))
+    return min(hits, key=lambda pair: pair[0])[1] if hits else None
+
+
+def _box_iou(box_a, box_b) -> float:
+    """IoU of two xyxy boxes."""
+    width = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
+    height = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
+    inter = width * height
+    union = (box_a[2] - box_a[0]) * (box_a[3] - box_a[1]) + (box_b[2] - box_b[0]) * (box_b[3] - box_b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def overlay_click(
+    studio: Studio, session: dict[str, Any], threshold: float | None, mode: str | None,
+    model_choice: str | None, concept_id: int | None, x: float, y: float,
+) -> tuple:
+    """A click at pixel (x, y) of the overlay, by mode: select the instance there, add a + / - prompt
+    click (and refine), or place a box corner (the second one runs the box prompt)."""
+    session = copy_session(session)
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    x, y = float(x), float(y)
+    if session.get("image_id") is None:
+        return render(studio, session, threshold, refusal("", "open an image first"), editor=False)
+    if mode in (None, MODE_SELECT):
+        hit = _instance_at(studio, session, threshold, x, y)
+        if hit is None:
+            return render(studio, session, threshold, f"No shown instance at ({x:.0f}, {y:.0f}).", editor=False)
+        select(session, hit)
+        return render(studio, session, threshold, f"Selected #{hit.id} (revision {hit.revision}).")
+    if mode == MODE_BOX and session.get("corner") is None:
+        session["corner"] = [x, y]
+        return render(studio, session, threshold, f"Box corner at ({x:.0f}, {y:.0f}): click the opposite corner.", editor=False)
+    try:
+        image = open_image_row(studio, session)
+        concept = _concept(concepts_by_id(studio, image.project_id), concept_id)
+        model, tokenizer = proposal_model(studio, model_choice)
+        pixels = image_pixels(studio, image)
+        if mode == MODE_BOX:
+            (x0, y0), session["corner"] = session["corner"], None
+            box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
+            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                raise ValueError("the two corners make an empty box; click two opposite corners of the object")
+            found = _run_model(f"box prompt for {concept.name!r}", lambda: predict(
+                model, tokenizer, pixels, concept.name, boxes=[box], score_threshold=CLICK_FLOOR, cache=studio.models.cache))
+            found = sorted(found, key=lambda inst: -_box_iou(inst.box, box))
+            what = f"box ({box[0]:.0f}, {box[1]:.0f})–({box[2]:.0f}, {box[3]:.0f})"
+        else:
+            session["clicks"] = [*session["clicks"], [x, y, 1 if mode == MODE_POSITIVE else 0]]
+            points = [(cx, cy) for cx, cy, _ in session["clicks"]]
+            labels = [label for _, _, label in session["clicks"]]
+            if 1 not in labels:
+                return render(studio, session, threshold, "Add a + click on the object first.", editor=False)
+            found = _run_model(f"clicks for {concept.name!r}", lambda: predict_from_clicks(
+                model, tokenizer, pixels, points, labels, prompt=concept.name, score_threshold=CLICK_FLOOR,
+                cache=studio.models.cache))
+            what = f"{labels.count(1)} + / {labels.count(0)} − clicks"
+    except ValueError as error:
+        return render(studio, session, threshold, refusal("cannot refine", error), editor=False)
+    found = [inst for inst in found if inst.mask.any()]
+    if not found:
+        return render(studio, session, threshold, f"No object fits the {what}; move or add clicks.", editor=False)
+    return _save_refined(studio, session, threshold, image.id, concept, found[0], what)
+
+
+def _save_refined(studio: Studio, session: dict[str, Any], threshold: float, image_id: int, concept: Concept,
+                  instance: Instance, what: str) -> tuple:
+    """The refined instance replaces the selected annotation (model proposal) or becomes a new one."""
+    selected = session.get("selected")
+    before = next((a for a in list_annotations(studio.engine, image_id) if a.id == selected), None)
+    score = min(max(instance.score, 0.0), 1.0)
+    try:
+        saved = save_annotation(
+            studio.engine, image_id=image_id, concept_id=before.concept_id if before else concept.id,
+            rle=mask_to_rle(np.asarray(instance.mask, dtype=bool)), annotation_id=before.id if before else None,
+            base_revision=session["base_revision"] if before else None, source="model", score=score,
+        )
+    except RevisionConflict as conflict:
+        session["base_revision"] = conflict.current_revision
+        return render(studio, session, threshold, conflict_message(conflict, "Click"), editor=False)
+    except ValueError as error:
+        return render(studio, session, threshold, refusal("cannot save the refined instance", error), editor=False)
+    push_undo(session, f"Refine #{saved.id}" if before else f"Add #{saved.id}", image_id, [change_of(before, saved)])
+    clicks, corner = session["clicks"], session["corner"]
+    select(session, saved)
+    session["clicks"], session["corner"] = clicks, corner  # further clicks refine the same instance
+    verb = "Refined" if before else "Added"
+    return render(studio, session, threshold,
+                  f"{verb} #{saved.id} from the {what} (score {score:.2f}); it is a proposal until you Accept (a).")

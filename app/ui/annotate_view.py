@@ -1,0 +1,213 @@
+"""What the Annotate tab shows of one image, rebuilt from the database after every action.
+
+The browser session keeps one plain dict (a gr.State, see `new_session`): the open
+project and image, the selected annotation with the revision the editor was loaded
+from (`base_revision`, sent with the next save), prompt clicks, and the undo stack.
+Every handler returns `render(...)`: the same seven outputs, in VIEW_OUTPUTS order.
+
+An instance is shown unless it is an unreviewed model proposal scoring below the
+threshold slider; the selected instance is always shown.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image as PILImage
+
+from app.store import projects
+from app.store.annotations import list_annotations
+from app.store.image_order import image_choices
+from app.store.masks import rle_from_json, rle_to_mask
+from app.store.media import media_path
+from app.store.models import Annotation, Concept, Image
+from app.studio import Studio
+from app.ui.annotate_masks import concept_brush, editor_value
+from app.ui.annotate_overlay import Shape, render_overlay
+
+VIEW_OUTPUTS = ("session", "image_list", "image_info", "overlay", "editor", "instances", "message")
+INSTANCE_HEADERS = ["id", "concept", "status", "score", "revision"]
+ALL_STATUSES = "all"
+DEFAULT_THRESHOLD = 0.5
+SELECTED_MARK = "▶ "
+NO_CONCEPT_COLOR = "#808080"
+STATUS_OF_SOURCE = {"model": "proposal", "human": "reviewed", "import": "imported"}
+NO_IMAGE = "choose a project with images first (upload them under Projects & Data)"
+REFUSED = "**Not done:**"
+
+
+def new_session(project_id: int | None = None) -> dict[str, Any]:
+    return {
+        "project_id": project_id, "image_id": None, "status_filter": ALL_STATUSES, "concept_id": None,
+        "selected": None, "base_revision": None, "clicks": [], "corner": None, "undo": [],
+    }
+
+
+def copy_session(session: dict[str, Any] | None) -> dict[str, Any]:
+    """A deep copy with every key present (handlers never mutate the value gradio holds)."""
+    return {**new_session(), **copy.deepcopy(session or {})}
+
+
+def refusal(what: str, error: Exception | str) -> str:
+    """'**Not done:** cannot save the mask: the mask is empty.' (markdown specials escaped)."""
+    reason = re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", str(error).rstrip("."))
+    return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."
+
+
+def select(session: dict[str, Any], annotation: Annotation | None) -> None:
+    """Select `annotation` (None: nothing) at its current revision; prompt clicks start over."""
+    session["selected"] = None if annotation is None else annotation.id
+    session["base_revision"] = None if annotation is None else annotation.revision
+    session["clicks"], session["corner"] = [], None
+
+
+# ---------------------------------------------------------------- reads
+
+_PIXELS: OrderedDict[Path, np.ndarray] = OrderedDict()
+_PIXELS_KEPT = 4
+
+
+def image_pixels(studio: Studio, image: Image) -> np.ndarray:
+    """The stored image as uint8 [H, W, 3] (the last few are kept: every action redraws)."""
+    path = media_path(studio.media_dir, image.path)
+    if path in _PIXELS:
+        _PIXELS.move_to_end(path)
+        return _PIXELS[path]
+    with PILImage.open(path) as source:
+        pixels = np.array(source.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
+    _PIXELS[path] = pixels
+    while len(_PIXELS) > _PIXELS_KEPT:
+        _PIXELS.popitem(last=False)
+    return pixels
+
+
+def open_image_row(studio: Studio, session: dict[str, Any]) -> Image:
+    """The session's image; ValueError when none is open."""
+    if session.get("image_id") is None:
+        raise ValueError(NO_IMAGE)
+    return projects.get_image(studio.engine, int(session["image_id"]))
+
+
+def concepts_by_id(studio: Studio, project_id: int | None) -> dict[int, Concept]:
+    if project_id is None:
+        return {}
+    return {concept.id: concept for concept in projects.list_concepts(studio.engine, int(project_id))}
+
+
+def is_shown(annotation: Annotation, threshold: float, selected: int | None) -> bool:
+    hidden = annotation.source == "model" and annotation.score is not None and annotation.score < threshold
+    return annotation.id == selected or not hidden
+
+
+def annotation_mask(annotation: Annotation) -> np.ndarray:
+    return rle_to_mask(rle_from_json(annotation.rle))
+
+
+def status_filter_value(session: dict[str, Any]) -> str | None:
+    value = session.get("status_filter")
+    return None if value in (None, "", ALL_STATUSES) else value
+
+
+# ---------------------------------------------------------------- outputs
+
+def _image_list(studio: Studio, session: dict[str, Any]) -> tuple[dict, str]:
+    """(dropdown update of the filtered images, 'image i of n' text)."""
+    if session.get("project_id") is None:
+        return gr.update(choices=[], value=None), ""
+    choices = image_choices(studio.engine, int(session["project_id"]), status_filter_value(session))
+    image_id = session.get("image_id")
+    ids = [choice.image_id for choice in choices]
+    entries = [(f"{choice.name} · {choice.status}", choice.image_id) for choice in choices]
+    if image_id is not None and image_id not in ids:  # it left the filter (its status changed): keep it listed
+        image = projects.get_image(studio.engine, int(image_id))
+        entries.append((f"{image.original_name or f'image {image.id}'} · {image.status}", image.id))
+        position = f"not in the '{session['status_filter']}' list any more"
+    else:
+        position = f"image {ids.index(image_id) + 1} of {len(ids)}" if image_id is not None else f"{len(ids)} images"
+    return gr.update(choices=entries, value=image_id), position
+
+
+def _table_row(annotation: Annotation, concepts: dict[int, Concept], selected: int | None) -> list:
+    concept = concepts.get(annotation.concept_id)
+    return [
+        f"{SELECTED_MARK if annotation.id == selected else ''}{annotation.id}",
+        concept.name if concept else f"concept {annotation.concept_id}",
+        STATUS_OF_SOURCE.get(annotation.source, annotation.source),
+        "" if annotation.score is None else f"{annotation.score:.2f}",
+        annotation.revision,
+    ]
+
+
+def editor_for(studio: Studio, session: dict[str, Any], image: Image | None = None) -> Any:
+    """ImageEditor update: the image with the selected instance's mask as the layer (empty when none)."""
+    if session.get("image_id") is None:
+        return gr.update(value=None)
+    image = image or open_image_row(studio, session)
+    pixels = image_pixels(studio, image)
+    concepts = concepts_by_id(studio, image.project_id)
+    mask, concept_id = None, session.get("concept_id")
+    if session.get("selected") is not None:
+        annotation = next((a for a in list_annotations(studio.engine, image.id) if a.id == session["selected"]), None)
+        if annotation is not None:
+            mask, concept_id = annotation_mask(annotation), annotation.concept_id
+    concept = concepts.get(concept_id) or next(iter(concepts.values()), None)
+    color = concept.color if concept else NO_CONCEPT_COLOR
+    return gr.update(value=editor_value(pixels, mask, color), brush=concept_brush(color))
+
+
+def render(
+    studio: Studio, session: dict[str, Any], threshold: float | None, message: str,
+    *, editor: bool = True,
+) -> tuple:
+    """The seven VIEW_OUTPUTS for the session's image. editor=False leaves the editor as the user has it
+    (after a refused save the edit must stay); the selection is dropped if its annotation is gone."""
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    image_list, position = _image_list(studio, session)
+    if session.get("image_id") is None:
+        select(session, None)
+        blank = gr.update(value=None) if editor else gr.update()
+        return session, image_list, "No image open.", None, blank, [], message
+    image = open_image_row(studio, session)
+    annotations = list_annotations(studio.engine, image.id)
+    if session.get("selected") not in {a.id for a in annotations}:
+        select(session, None)
+    selected = session.get("selected")
+    concepts = concepts_by_id(studio, image.project_id)
+    shown = [a for a in annotations if is_shown(a, threshold, selected)]
+    hidden = len(annotations) - len(shown)
+    shapes = []
+    for annotation in shown:
+        concept = concepts.get(annotation.concept_id)
+        score = "" if annotation.score is None or annotation.source != "model" else f" {annotation.score:.2f}"
+        shapes.append(Shape(
+            annotation.id, annotation_mask(annotation), tuple(float(v) for v in rle_box(annotation)),
+            concept.color if concept else NO_CONCEPT_COLOR, f"#{annotation.id} {concept.name if concept else ''}{score}",
+            annotation.score if annotation.source == "model" else None,
+        ))
+    overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"))
+    hidden_text = f", {hidden} proposals below threshold {threshold:.2f} hidden" if hidden else ""
+    info = (
+        f"**{image.original_name or f'image {image.id}'}** · {image.width}×{image.height} px · split {image.split} · "
+        f"**{image.status}** · {position} · {len(shown)} instances shown{hidden_text}"
+    )
+    rows = [_table_row(annotation, concepts, selected) for annotation in shown]
+    return (session, image_list, info, overlay, editor_for(studio, session, image) if editor else gr.update(), rows, message)
+
+
+def rle_box(annotation: Annotation) -> list[float]:
+    """The stored COCO box [x, y, w, h]."""
+    return json.loads(annotation.bbox)
+
+
+def annotation_id_of_row(row: Any) -> int | None:
+    """The id from an instance-table row ('▶ 12' or 12 in its first cell); None when unreadable."""
+    if not row:
+        return None
+    match = re.search(r"\d+", str(row[0]))
+    return int(match.group()) if match else None
