@@ -1,4 +1,5 @@
-"""Trained adapters of a project: list, look up, delete (row first, then the PEFT folder).
+"""Trained adapters of a project: list, look up, zip for download, delete (row first, then
+the PEFT folder).
 
 Rows are written by the worker (app.store.jobs.record_adapter); `path` is relative to
 the media folder, so `adapter_folder` resolves it with the media store's path checks.
@@ -6,7 +7,9 @@ the media folder, so `adapter_folder` resolves it with the media store's path ch
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -53,3 +56,44 @@ def delete_adapter(engine: Engine, media_dir: Path | str, adapter_id: int) -> Ad
         session.delete(adapter)
     shutil.rmtree(adapter_folder(media_dir, adapter), ignore_errors=True)
     return adapter
+
+
+def adapter_of_job(engine: Engine, job_id: int) -> Adapter | None:
+    """The adapter a job recorded (at most one: run_job records once per job), or None."""
+    with read_session(engine) as session:
+        return session.exec(select(Adapter).where(Adapter.job_id == job_id).order_by(Adapter.id.desc())).first()
+
+
+MAP_NAMES = ("segm_mAP", "bbox_mAP")
+
+
+def map_before_after(metrics: dict) -> dict[str, tuple[float | None, float | None]]:
+    """{"segm_mAP": (before, after), "bbox_mAP": (...)} from an adapter's metrics (eval_before /
+    eval_after as written by worker/run_job.py); None where an evaluation or a value is missing."""
+    def value(evaluation, name: str) -> float | None:
+        number = (evaluation or {}).get(name)
+        return float(number) if isinstance(number, (int, float)) and not isinstance(number, bool) else None
+
+    return {name: (value(metrics.get("eval_before"), name), value(metrics.get("eval_after"), name))
+            for name in MAP_NAMES}
+
+
+def zip_adapter(media_dir: Path | str, adapter: Adapter, target: Path) -> Path:
+    """Write `target` (.zip) holding the adapter's PEFT folder as `<target stem>/<files>`
+    (adapter_config.json, adapter_model.safetensors, README.md model card, loss_curve.png).
+
+    Written to a temp name and renamed, so a reader never sees half a zip. The weights are
+    stored, not deflated (safetensors barely compress). FileNotFoundError names a missing file.
+    """
+    folder = adapter_folder(media_dir, adapter)
+    for required in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / required).is_file():
+            raise FileNotFoundError(f"adapter {adapter.name!r}: {required} is missing from its folder {adapter.path}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with zipfile.ZipFile(partial, "w") as archive:
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            method = zipfile.ZIP_STORED if path.suffix == ".safetensors" else zipfile.ZIP_DEFLATED
+            archive.write(path, f"{target.stem}/{path.name}", compress_type=method)
+    os.replace(partial, target)
+    return target

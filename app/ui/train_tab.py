@@ -1,11 +1,102 @@
-"""Layout of the "Train" tab (placeholder: replaced by its own issue work)."""
+"""Layout of the "Train" tab: builds the components and wires them to app.ui.train_handlers
+(bound to the studio with functools.partial). No logic here.
+
+The Advanced accordion has one field per TrainConfig key, generated from
+app.finetune.field_specs(); keys the worker sets are shown read-only with the reason.
+"""
 from __future__ import annotations
+
+from functools import partial
+from itertools import groupby
 
 import gradio as gr
 
+from app.finetune import DEFAULT_PRESET, PRESETS, WORKER_KEYS, FieldSpec, display_value, field_specs, preset_values
 from app.studio import Studio
+from app.ui import train_handlers as handlers
+from app.ui.curves import CURVE_TERMS, curve_frame
+from app.ui.train_jobs import JOB_HEADERS
+
+
+def _field(spec: FieldSpec, value) -> gr.components.Component:
+    """The form field of one config key: number, checkbox, dropdown or text."""
+    common = {"label": spec.key, "info": spec.help, "elem_id": f"train-field-{spec.key.replace('.', '-')}",
+              "min_width": 200}
+    if not spec.editable:
+        return gr.Textbox(value=f"set by the worker: {WORKER_KEYS[spec.key]}", interactive=False,
+                          **{**common, "label": f"{spec.key} (not editable)"})
+    value = display_value(spec, value)
+    if spec.kind in ("int", "float"):
+        return gr.Number(value=value, precision=0 if spec.kind == "int" else None, **common)
+    if spec.kind == "bool":
+        return gr.Checkbox(value=bool(value), **common)
+    if spec.kind == "choice":
+        return gr.Dropdown(choices=list(spec.choices), value=value, **common)
+    return gr.Textbox(value=value, **common)
+
+
+def _section(spec: FieldSpec) -> str:
+    return spec.key.rsplit(".", 1)[0] if "." in spec.key else "run"
+
+
+def _advanced_fields() -> list[gr.components.Component]:
+    """All fields, one row per config section; returns the editable ones in editable_specs order."""
+    values = preset_values(DEFAULT_PRESET)
+    editable = []
+    for section, specs in groupby(field_specs(), key=_section):
+        gr.Markdown(f"**{section}**")
+        with gr.Row():
+            for spec in specs:
+                component = _field(spec, values.get(spec.key))
+                if spec.editable:
+                    editable.append(component)
+    return editable
 
 
 def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> None:
     """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown."""
-    gr.Markdown("Train: coming next.")
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            gr.Markdown("### Dataset")
+            summary = gr.Markdown("Choose a project in Projects & Data.", elem_id="train-summary")
+            refresh_button = gr.Button("Refresh summary", size="sm", elem_id="train-refresh")
+        with gr.Column(scale=3, min_width=420):
+            gr.Markdown("### Fine-tune")
+            preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset",
+                              info="Quick: decoder LoRA, 40 steps · Balanced: 10 epochs · Thorough: full LoRA, 20 epochs")
+            with gr.Accordion("Advanced: every training setting", open=False, elem_id="train-advanced"):
+                fields = _advanced_fields()
+            with gr.Row():
+                start_button = gr.Button("Fine-tune", variant="primary", interactive=False, elem_id="train-start")
+                cancel_button = gr.Button("Cancel job", variant="stop", interactive=False, elem_id="train-cancel")
+            message = gr.Markdown(elem_id="train-message")
+
+    gr.Markdown("### Jobs")
+    with gr.Row():
+        job_choice = gr.Dropdown(label="Show job", choices=[], value=None, scale=1, elem_id="train-job")
+        with gr.Column(scale=3):
+            progress = gr.HTML(elem_id="train-progress")
+            outcome = gr.Markdown(elem_id="train-outcome")
+    jobs = gr.Dataframe(headers=JOB_HEADERS, value=[], interactive=False, max_height=220, elem_id="train-jobs")
+    terms = gr.CheckboxGroup(list(CURVE_TERMS), value=list(CURVE_TERMS), label="Loss terms",
+                             elem_id="train-curve-terms")
+    curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", label="Loss (train and val)",
+                        x_title="step", y_title="loss", height=360, elem_id="train-curve")
+    view = gr.State(None)
+    timer = gr.Timer(1.0, active=False)
+
+    # ---- wiring
+    view_outputs = [jobs, job_choice, progress, outcome, curve, view, start_button, cancel_button, timer]
+    show = partial(handlers.show_project, studio)
+    demo.load(show, [project, view, terms], [summary, message, *view_outputs])
+    project.change(show, [project, view, terms], [summary, message, *view_outputs])
+    refresh_button.click(partial(handlers.refresh_summary, studio), [project], [summary])
+    preset.input(handlers.choose_preset, [preset], fields)
+    start_button.click(
+        partial(handlers.start_finetune, studio), [project, preset, view, terms, *fields], [message, *view_outputs]
+    ).then(partial(handlers.refresh_summary, studio), [project], [summary])
+    cancel_button.click(partial(handlers.cancel_job, studio), [project, job_choice, view, terms], [message, *view_outputs])
+    job_choice.input(partial(handlers.pick_job, studio), [project, job_choice, view, terms], view_outputs)
+    terms.input(handlers.pick_terms, [view, terms], [curve])
+    timer.tick(partial(handlers.tick, studio), [project, job_choice, view, terms], view_outputs,
+               show_progress="hidden", queue=False)

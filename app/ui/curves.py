@@ -1,0 +1,87 @@
+"""Loss-curve data of a job, shared by the Train tab (live) and the Models tab (finished jobs).
+
+A curve is a plain dict kept in a gr.State, read incrementally from metric rows:
+
+    {"job_id": int | None, "attempt": int, "after_id": int,
+     "points": {"<term> · <split>": {step: value}}}
+
+Only CURVE_TERMS are kept (total loss and the six unweighted terms of the last decoder
+layer, train and val); lr, throughput, mAP and the per-layer auxiliary terms are left out.
+Points are keyed by step, so a row written again after a resume replaces the old one; a
+new attempt of the job (a resume) reads the job's rows again from the start.
+"""
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from app.store.metrics import read_metrics
+
+CURVE_TERMS = ("loss", "loss_bbox", "loss_giou", "loss_ce", "loss_presence", "loss_mask", "loss_dice")
+SPLITS = ("train", "val")
+MAX_POINTS_PER_SERIES = 500  # the browser draws every point; longer series are thinned evenly
+FRAME_COLUMNS = ["step", "value", "series"]
+
+
+def series_name(term: str, split: str) -> str:
+    return f"{term} · {split}"
+
+
+def new_curve(job_id: int | None = None, attempt: int = 0) -> dict:
+    return {"job_id": job_id, "attempt": attempt, "after_id": 0, "points": {}}
+
+
+def add_rows(curve: dict, rows) -> bool:
+    """Fold metric rows (id, step, split, name, value) into `curve`; True when a curve point changed."""
+    changed = False
+    for row in rows:
+        curve["after_id"] = max(curve["after_id"], row.id)
+        if row.name in CURVE_TERMS and row.split in SPLITS:
+            curve["points"].setdefault(series_name(row.name, row.split), {})[row.step] = row.value
+            changed = True
+    return changed
+
+
+def refresh_curve(engine: Engine, curve: dict | None, job_id: int | None, attempt: int = 0) -> tuple[dict, bool]:
+    """(curve, changed): the rows of `job_id` written since the curve's last read folded in.
+
+    A curve of another job or attempt (or None) starts over from the job's first row.
+    """
+    if not curve or curve.get("job_id") != job_id or curve.get("attempt") != attempt:
+        curve, changed = new_curve(job_id, attempt), True  # a different job: the plot changes even if empty
+    else:
+        changed = False
+    if job_id is None:
+        return curve, changed
+    return curve, add_rows(curve, read_metrics(engine, job_id, curve["after_id"])) or changed
+
+
+def _thinned(points: list[tuple[int, float]], limit: int) -> list[tuple[int, float]]:
+    if len(points) <= limit:
+        return points
+    stride = -(-len(points) // limit)  # ceil
+    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
+def curve_frame(curve: dict | None, terms: list[str] | tuple[str, ...] = CURVE_TERMS,
+                limit: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
+    """Long frame for gr.LinePlot(x="step", y="value", color="series"): the chosen terms, train
+    then val, each series sorted by step and thinned to at most `limit` (+1 for the last) points."""
+    records = []
+    for term in CURVE_TERMS:
+        if term not in terms:
+            continue
+        for split in SPLITS:
+            name = series_name(term, split)
+            points = sorted((curve or {}).get("points", {}).get(name, {}).items())
+            records.extend((step, value, name) for step, value in _thinned(points, limit))
+    return pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
+
+
+def last_value(curve: dict | None, term: str = "loss", split: str = "train") -> tuple[int, float] | None:
+    """(step, value) of the series' latest point, or None."""
+    points = (curve or {}).get("points", {}).get(series_name(term, split))
+    if not points:
+        return None
+    step = max(points)
+    return step, points[step]
