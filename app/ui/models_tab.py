@@ -1,12 +1,49 @@
-"""Layout of the "Models" tab (placeholder: replaced by its own issue work)."""
+"""Layout of the "Models" tab: builds the components and wires them to app.ui.models_handlers
+(bound to the studio with functools.partial). No logic here."""
 from __future__ import annotations
+
+from functools import partial
 
 import gradio as gr
 
 from app.studio import Studio
+from app.ui import models_handlers as handlers
+from app.ui.curves import curve_frame
 
 
 def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, proposal_model: gr.Dropdown) -> None:
     """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown.
     `proposal_model` is the Annotate tab's proposal-model dropdown ("Use for proposals" sets it)."""
-    gr.Markdown("Models: coming next.")
+    with gr.Row():
+        gr.Markdown("### Trained adapters")
+        refresh_button = gr.Button("Refresh", size="sm", scale=0, elem_id="models-refresh")
+    adapters = gr.Dataframe(headers=handlers.ADAPTER_HEADERS, value=[], interactive=False, max_height=260,
+                            elem_id="models-list")
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            choice = gr.Dropdown(label="Adapter", choices=[], value=None, elem_id="models-choice")
+            details = gr.Markdown(elem_id="models-details")
+            with gr.Row():
+                download = gr.DownloadButton("Download zip (PEFT folder)", value=None, interactive=False,
+                                             elem_id="models-download")
+                use_button = gr.Button("Use for proposals", variant="primary", elem_id="models-use")
+                delete_button = gr.Button("Delete", variant="stop", elem_id="models-delete")
+            message = gr.Markdown(elem_id="models-message")
+            pending_delete = gr.State(None)
+        with gr.Column(scale=3, min_width=420):
+            curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series",
+                                label="Loss curve of its job", x_title="step", y_title="loss", height=320,
+                                elem_id="models-curve")
+
+    # ---- wiring
+    shown = [details, curve, download, message, pending_delete]
+    show = partial(handlers.show_models, studio)
+    demo.load(show, [project, choice], [adapters, choice, *shown])
+    project.change(show, [project], [adapters, choice, *shown])
+    refresh_button.click(show, [project, choice], [adapters, choice, *shown])
+    choice.input(partial(handlers.pick_adapter, studio), [project, choice], shown)
+    use_button.click(partial(handlers.use_for_proposals, studio), [project, choice], [proposal_model, message])
+    delete_button.click(
+        partial(handlers.delete_adapter_twice, studio), [project, choice, pending_delete, proposal_model],
+        [adapters, choice, details, curve, download, message, pending_delete, proposal_model],
+    )
