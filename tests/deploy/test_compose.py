@@ -151,3 +151,19 @@ def test_docker_compose_config_accepts_the_file():
         result = subprocess.run([*command, "-f", str(COMPOSE_FILE), *profiles, "config", "--quiet"],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_documents_every_variable_of_the_compose_file():
+    """Each ${VAR:-default} of the compose file has a README row with the same default, and
+    the defaults of studio settings agree with app/settings.py."""
+    from app.settings import Settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploying with Docker Compose"):readme.index("## Production checklist")]
+    rows = dict(re.findall(r"^\| `([A-Z_0-9]+)` \| ([^|]+?) \|", section, flags=re.MULTILINE))
+    defaults = dict(re.findall(r"\$\{([A-Z_0-9]+):-([^}]*)\}", COMPOSE_FILE.read_text()))
+    assert defaults and set(defaults) == set(rows), "variables of the compose file without a README row, or the reverse"
+    for name, default in defaults.items():
+        assert rows[name] == (f"`{default}`" if default else "empty"), name
+        if name in Settings.model_fields and name != "DATABASE_URL":  # empty DATABASE_URL: SQLite in DATA_DIR
+            assert str(Settings.model_fields[name].default) == (default or ""), name
