@@ -87,12 +87,14 @@ def create_job(engine: Engine, project_id: int, config: dict, snapshot: list) ->
     """Insert a `queued` job (enqueued_at NULL) with its frozen config and dataset snapshot.
 
     Refused (JobError) when the project does not exist or already has a queued or running
-    job. The check and the insert share one write transaction (BEGIN IMMEDIATE on SQLite),
-    so two clicks cannot both pass it.
+    job. The check and the insert share one write transaction that first locks the
+    project row (BEGIN IMMEDIATE on SQLite; SELECT ... FOR UPDATE on PostgreSQL, where
+    READ COMMITTED alone would let two clicks both read "no active job"), so two clicks
+    cannot both pass it.
     """
     config_json, snapshot_json = _config_json(config), _snapshot_json(snapshot)
     with write_session(engine) as session:
-        if session.get(Project, project_id) is None:
+        if session.exec(select(Project.id).where(Project.id == project_id).with_for_update()).first() is None:
             raise JobError(f"project {project_id} does not exist")
         active = session.exec(
             select(Job).where(Job.project_id == project_id, Job.state.in_(ACTIVE_STATES))
