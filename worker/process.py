@@ -70,9 +70,11 @@ def start_worker(env: dict[str, str], data_dir: str | Path, queues: str = "train
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    """SIGTERM (Celery's warm shutdown: it finishes the task in hand), then SIGKILL after
-    `timeout` seconds; returns the exit code. A training job cut off by the SIGKILL stops
-    beating and the stale-heartbeat sweep resumes it from its checkpoint.
+    """SIGTERM to the worker's process group, then SIGKILL after `timeout` seconds; returns
+    the worker's exit code. The training child stops at once and its task puts the job back
+    in the queue (worker/tasks.py run_child), so it resumes from its checkpoint when the
+    studio or another worker sends it again; a job cut off by the SIGKILL stops beating and
+    the stale-heartbeat sweep does the same.
     """
     if proc.poll() is not None:
         return proc.returncode

@@ -7,6 +7,8 @@ exit gives back all its GPU memory: under `--pool=solo` the task runs inside the
 worker itself and `worker_max_tasks_per_child` never recycles it. The child gets
 SIGKILL when the worker dies (Linux PR_SET_PDEATHSIG), so a `kill -9` of the worker
 leaves no orphan training on the GPU; the stale-heartbeat sweep then resumes the job.
+A child stopped with its worker (SIGTERM: `sam3-studio` or the worker shutting down) is
+not a failure: its job goes back to queued and resumes from its checkpoint when sent again.
 
 On worker start (`worker_ready`) the sweeps run once, so a job orphaned by a killed
 worker is re-queued and picked up by the new one. JOB_STALE_AFTER_S (seconds, default
@@ -17,25 +19,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
+import threading
 import sys
 from collections import deque
 from functools import partial
 from pathlib import Path
 
 from celery import current_task, shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from app.settings import Settings, load_settings
 from app.store.db import make_engine
 from app.store.job_sweep import STALE_AFTER_S, enqueue_pending, sweep_stale_jobs
-from app.store.jobs import claim_job, finish_job, get_job
+from app.store.jobs import claim_job, finish_job, get_job, release_job
 from worker.celery_app import TRAIN_TASK, send_train
 from worker.process import kill_with_parent
 
 logger = logging.getLogger(__name__)
 
 ERROR_TAIL_LINES = 20
+_shutting_down = threading.Event()  # set by worker_shutting_down (SIGTERM / SIGINT to the worker)
 
 
 def job_command(job_id: int, gpus: int) -> list[str]:
@@ -74,12 +79,22 @@ def run_child(settings: Settings, job_id: int, attempt: int, gpus: int) -> int:
     if code != 0:
         engine = make_engine(settings.database_url)
         try:
+            if code == -signal.SIGTERM or _shutting_down.is_set():  # stopped from outside, not a training failure
+                state = release_job(engine, job_id, attempt=attempt)
+                logger.warning("job %d interrupted by shutdown (exit %d): %s", job_id, code, state or "not ours any more")
+                return code
             reason = f"training process exited with code {code}" if code > 0 else f"training process killed by signal {-code}"
             if finish_job(engine, job_id, "failed", error=f"{reason}:\n{_log_tail(log_path)}", attempt=attempt):
                 logger.error("job %d failed: %s (log %s)", job_id, reason, log_path)
         finally:
             engine.dispose()
     return code
+
+
+@worker_shutting_down.connect
+def _note_shutdown(**_) -> None:
+    """The worker got SIGTERM/SIGINT: a child that dies now was stopped with it (torchrun exits 1, not -15)."""
+    _shutting_down.set()
 
 
 @shared_task(name=TRAIN_TASK, acks_late=True)

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
-from sqlalchemy import Engine, or_, update
+from sqlalchemy import Engine, or_, true, update
 from sqlmodel import select
 
 from app.store.db import read_session, write_session
@@ -205,6 +205,23 @@ def finish_job(engine: Engine, job_id: int, state: str, error: str = "", attempt
     now = utcnow()
     return guarded_update(engine, job_id, [Job.state == "running", *_attempt_guard(attempt)],
                           {"state": state, "error": error, "finished_at": now, "heartbeat_at": now})
+
+
+def release_job(engine: Engine, job_id: int, attempt: int | None = None) -> str | None:
+    """Guarded running -> queued (enqueued_at NULL) for a run stopped from outside: the worker
+    or the studio shutting down (SIGTERM). A sweep sends it again and it resumes from its
+    last checkpoint; the attempt still counts toward max_attempts. A job whose cancel was
+    requested becomes cancelled instead. Returns the new state, or None when the job was
+    not this attempt's running job.
+    """
+    guard = [Job.state == "running", *_attempt_guard(attempt)]
+    now = utcnow()
+    if guarded_update(engine, job_id, [*guard, Job.cancel_requested == true()],
+                      {"state": "cancelled", "finished_at": now, "error": "cancelled; stopped while shutting down"}):
+        return "cancelled"
+    if guarded_update(engine, job_id, guard, {"state": "queued", "enqueued_at": None, "worker": ""}):
+        return "queued"
+    return None
 
 
 def set_checkpoint(engine: Engine, job_id: int, path: str, attempt: int | None = None) -> bool:
