@@ -56,7 +56,7 @@ def _mask_in_editor(value: dict | None, annotation: Annotation, size: tuple[int,
     """(mask to save, whether it is a brush edit): the editor's non-empty layer, else the stored mask."""
     stored = annotation_mask(annotation)
     try:
-        edited = layer_to_mask(value, size)
+        edited = layer_to_mask(value, size, sent=stored)
     except ValueError:
         return stored, False
     if not edited.any():
@@ -81,10 +81,11 @@ def save_mask(
     session = copy_session(session)
     try:
         image = open_image_row(studio, session)
-        mask = layer_to_mask(value, (image.height, image.width))
+        before = None if session.get("selected") is None else _selected(studio, session)
+        sent = None if before is None else annotation_mask(before)
+        mask = layer_to_mask(value, (image.height, image.width), sent=sent)
         if not mask.any():
             raise ValueError("the mask is empty: paint the object with the brush, or use Delete to remove the instance")
-        before = None if session.get("selected") is None else _selected(studio, session)
         if before is None and concept_id in (None, ""):
             raise ValueError("choose the concept of the new instance under Concept first")
         concept = before.concept_id if before is not None else int(concept_id)

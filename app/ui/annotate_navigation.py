@@ -92,11 +92,12 @@ def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float 
 
 
 def refresh_tab(studio: Studio, session: dict[str, Any], threshold: float | None, project_id: Any) -> tuple:
-    """On entering the tab: pick up images, statuses and annotations changed elsewhere."""
+    """On entering the tab: pick up images, statuses and annotations changed elsewhere. The editor
+    is sent again: gradio 6.31's ImageEditor draws nothing for a value it got while its tab was hidden."""
     session = copy_session(session)
     if session.get("project_id") != _project_id(project_id) or session.get("image_id") is None:
         return open_project(studio, session, threshold, project_id)
-    return render(studio, session, threshold, "", editor=False)
+    return render(studio, session, threshold, "")
 
 
 # ---------------------------------------------------------------- dropdowns following the project

@@ -25,6 +25,7 @@ from app.store.masks import mask_to_rle
 from app.store.models import Concept
 from app.studio import Studio
 from app.ui.annotate_edits import conflict_message
+from app.ui.annotate_overlay import to_image_pixels
 from app.ui.annotate_undo import change_of, push_undo
 from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
@@ -180,13 +181,16 @@ def overlay_click(
     studio: Studio, session: dict[str, Any], threshold: float | None, mode: str | None,
     model_choice: str | None, concept_id: int | None, x: float, y: float,
 ) -> tuple:
-    """A click at pixel (x, y) of the overlay, by mode: select the instance there, add a + / - prompt
+    """A click at pixel (x, y) of the overlay picture (small images are shown enlarged: see
+    annotate_overlay.to_image_pixels), by mode: select the instance there, add a + / - prompt
     click (and refine), or place a box corner (the second one runs the box prompt)."""
     session = copy_session(session)
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    x, y = float(x), float(y)
-    if session.get("image_id") is None:
-        return render(studio, session, threshold, refusal("", "open an image first"), editor=False)
+    try:
+        shown = open_image_row(studio, session)
+    except ValueError as error:
+        return render(studio, session, threshold, refusal("", error), editor=False)
+    x, y = to_image_pixels(float(x), float(y), (shown.height, shown.width))
     if mode in (None, MODE_SELECT):
         hit = _instance_at(studio, session, threshold, x, y)
         if hit is None:
@@ -197,15 +201,13 @@ def overlay_click(
         session["corner"] = [x, y]
         return render(studio, session, threshold, f"Box corner at ({x:.0f}, {y:.0f}): click the opposite corner.", editor=False)
     try:
-        image = open_image_row(studio, session)
+        image = shown
         concept = _concept(concepts_by_id(studio, image.project_id), concept_id)
         model, tokenizer = proposal_model(studio, model_choice)
         pixels = image_pixels(studio, image)
         if mode == MODE_BOX:
             (x0, y0), session["corner"] = session["corner"], None
-            box = (min(x0, x), min(y0, y), max(x0, x), max(y0, y))
-            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                raise ValueError("the two corners make an empty box; click two opposite corners of the object")
+            box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)  # both corner pixels inside
             found = _run_model(f"box prompt for {concept.name!r}", lambda: predict(
                 model, tokenizer, pixels, concept.name, boxes=[box], score_threshold=CLICK_FLOOR, cache=studio.models.cache))
             found = sorted(found, key=lambda inst: -_box_iou(inst.box, box))

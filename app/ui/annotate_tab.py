@@ -15,7 +15,7 @@ from app.studio import Studio
 from app.ui import annotate_edits as edits
 from app.ui import annotate_navigation as navigation
 from app.ui import annotate_proposals as proposals
-from app.ui.annotate_masks import LAYER_NAME, concept_brush
+from app.ui.annotate_masks import EDITOR_CANVAS, LAYER_NAME, concept_brush
 from app.ui.annotate_shortcuts import SHORTCUT_HELP, SHORTCUTS_JS
 from app.ui.annotate_undo import undo
 from app.ui.annotate_view import ALL_STATUSES, DEFAULT_THRESHOLD, INSTANCE_HEADERS, NO_CONCEPT_COLOR, new_session
@@ -33,9 +33,11 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
         status_filter = gr.Radio(list(navigation.STATUS_FILTERS), value=ALL_STATUSES, label="Show",
                                  elem_id="annotate-status-filter", scale=2)
         image_list = gr.Dropdown(label="Image", choices=[], value=None, elem_id="annotate-image", scale=3)
-        prev_button = gr.Button("◀ Previous", elem_id="annotate-prev", size="sm", scale=1)
-        next_button = gr.Button("Next ▶", elem_id="annotate-next", size="sm", scale=1)
-    image_info = gr.Markdown("No image open.", elem_id="annotate-image-info")
+        with gr.Column(scale=1, min_width=200):
+            image_info = gr.Markdown("No image open.", elem_id="annotate-image-info")
+            with gr.Row():
+                prev_button = gr.Button("◀ Previous", elem_id="annotate-prev", size="sm")
+                next_button = gr.Button("Next ▶", elem_id="annotate-next", size="sm")
     with gr.Row(equal_height=True):
         concept = gr.Dropdown(label="Concept", choices=[], value=None, elem_id="annotate-concept", scale=2)
         model = gr.Dropdown(label="Proposal model", choices=[("Base SAM3", BASE_CHOICE)], value=BASE_CHOICE,
@@ -57,7 +59,8 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
             editor = gr.ImageEditor(
                 label="Brush / eraser: the selected instance", type="numpy", image_mode="RGBA", format="png",
                 sources=None, transforms=(), layers=gr.LayerOptions(allow_additional_layers=False, layers=[LAYER_NAME]),
-                brush=concept_brush(NO_CONCEPT_COLOR), eraser=gr.Eraser(), elem_id="annotate-editor",
+                brush=concept_brush(NO_CONCEPT_COLOR), eraser=gr.Eraser(), canvas_size=EDITOR_CANVAS,
+                elem_id="annotate-editor",
             )
             with gr.Row():
                 save_button = gr.Button("Save mask", variant="primary", size="sm", elem_id="annotate-save-mask")

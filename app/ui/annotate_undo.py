@@ -8,7 +8,8 @@ An undo entry is one user action (a Find all may create and delete many annotati
 Undoing a change brings the annotation back to `before`, based on `after_revision`:
 before None (it was created) or deleted -> delete_annotation; otherwise save_annotation
 with the old mask / concept / source / score (which also restores a deleted one).
-Changes are undone newest first; a RevisionConflict (someone saved meanwhile) stops
+Changes are undone newest first; the older entry touching the same annotation is then
+based on the revision the undo wrote. A RevisionConflict (someone saved meanwhile) stops
 there and leaves the rest of the entry on the stack, so nothing is silently overwritten.
 """
 from __future__ import annotations
@@ -51,6 +52,16 @@ def revert_change(studio: Studio, image_id: int, change: dict[str, Any]) -> Anno
     )
 
 
+def _rebase_older(older: list[dict[str, Any]], annotation_id: int, revision: int) -> None:
+    """The annotation is back in the state the newest older entry touching it left it in, at `revision`
+    now: that entry's change must be based on it (else undoing it too would be a false conflict)."""
+    for entry in reversed(older):
+        for change in reversed(entry["changes"]):
+            if change["annotation_id"] == annotation_id:
+                change["after_revision"] = revision
+                return
+
+
 def undo(studio: Studio, session: dict[str, Any], threshold: float | None) -> tuple:
     """Undo the session's last change (opening its image). -> VIEW_OUTPUTS."""
     session = copy_session(session)
@@ -61,7 +72,8 @@ def undo(studio: Studio, session: dict[str, Any], threshold: float | None) -> tu
     while remaining:
         change = remaining[-1]
         try:
-            revert_change(studio, entry["image_id"], change)
+            reverted = revert_change(studio, entry["image_id"], change)
+            _rebase_older(session["undo"][:-1], change["annotation_id"], reverted.revision)
         except RevisionConflict as conflict:
             message = refusal(
                 f"cannot undo {entry['label']!r}",

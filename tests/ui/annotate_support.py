@@ -16,6 +16,7 @@ from app.store.annotations import list_annotations
 from app.store.uploads import ingest_files
 from app.studio import Studio, open_studio
 from app.ui import annotate_navigation as navigation
+from app.ui.annotate_overlay import display_scale
 from app.ui.annotate_view import VIEW_OUTPUTS, new_session
 
 NO_CHANGE = {"__type__": "update"}  # gr.update() with nothing in it
@@ -69,6 +70,12 @@ def opened(studio: Studio, project: Project, threshold: float = 0.5) -> dict:
 def live(studio: Studio, image_id: int) -> dict[int, object]:
     """The image's non-deleted annotations by id."""
     return {a.id: a for a in list_annotations(studio.engine, image_id)}
+
+
+def on_overlay(x: float, y: float) -> tuple[float, float]:
+    """Image pixel (x, y) -> where it is on the (enlarged) overlay picture of an IMAGE_SIZE image."""
+    scale = display_scale((IMAGE_SIZE[1], IMAGE_SIZE[0]))
+    return x * scale + scale // 2, y * scale + scale // 2
 
 
 def table_ids(rows: list[list]) -> list[int]:

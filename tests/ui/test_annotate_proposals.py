@@ -7,7 +7,9 @@ from app.store import projects
 from app.store.annotations import get_annotation
 from app.ui import annotate_edits as edits
 from app.ui import annotate_proposals as proposals
-from tests.ui.annotate_support import NO_CHANGE, live, make_project, opened, studio, table_ids, view  # noqa: F401
+from tests.ui.annotate_support import (  # noqa: F401
+    NO_CHANGE, live, make_project, on_overlay, opened, studio, table_ids, view,
+)
 
 
 def unescaped(markdown: str) -> str:
@@ -74,42 +76,47 @@ def test_threshold_filters_without_a_model_run_and_backbone_runs_once_per_image(
     assert (cache.misses, cache.hits) == (1, 1), "the slider runs no model"
 
 
+def click(studio, session, mode, x, y, threshold=0.5, model="base", concept=None):
+    """A click on image pixel (x, y) of the overlay in `mode`."""
+    return proposals.overlay_click(studio, session, threshold, mode, model, concept, *on_overlay(x, y))
+
+
 def test_clicks_and_box_corners_add_then_refine_one_instance(studio):
     project = make_project(studio)
     image_id = project.images[0]
     crack = project.concepts["crack"]
     session = opened(studio, project)
 
-    refused = view(proposals.overlay_click(studio, session, 0.5, proposals.MODE_NEGATIVE, "base", crack, 10, 10))
+    refused = view(click(studio, session, proposals.MODE_NEGATIVE, 10, 10, threshold=0.5, concept=crack))
     assert "+ click on the object first" in refused["message"] and live(studio, image_id) == {}
 
     session = view(proposals.clear_clicks(studio, refused["session"], 0.5))["session"]
-    added = view(proposals.overlay_click(studio, session, 0.5, proposals.MODE_POSITIVE, "base", crack, 24, 20))
+    added = view(click(studio, session, proposals.MODE_POSITIVE, 24, 20, threshold=0.5, concept=crack))
     created = added["session"]["selected"]
     annotation = get_annotation(studio.engine, created)
     assert annotation.source == "model" and annotation.concept_id == crack and annotation.revision == 1
     assert "Added" in added["message"] and added["session"]["clicks"] == [[24.0, 20.0, 1]]
 
-    refined = view(proposals.overlay_click(studio, added["session"], 0.5, proposals.MODE_NEGATIVE, "base", crack, 2, 2))
+    refined = view(click(studio, added["session"], proposals.MODE_NEGATIVE, 2, 2, threshold=0.5, concept=crack))
     if "Refined" in refined["message"]:  # the tiny model's masks may cover the corner: then nothing fits
         assert get_annotation(studio.engine, created).revision == 2
     else:
         assert "No object fits" in refined["message"] and get_annotation(studio.engine, created).revision == 1
 
     revision = get_annotation(studio.engine, created).revision
-    corner = view(proposals.overlay_click(studio, refined["session"], 0.5, proposals.MODE_BOX, "base", crack, 5, 5))
+    corner = view(click(studio, refined["session"], proposals.MODE_BOX, 5, 5, threshold=0.5, concept=crack))
     assert corner["session"]["corner"] == [5.0, 5.0] and "opposite corner" in corner["message"]
-    boxed = view(proposals.overlay_click(studio, corner["session"], 0.5, proposals.MODE_BOX, "base", crack, 40, 35))
-    assert boxed["session"]["corner"] is None and "box (5, 5)–(40, 35)" in boxed["message"]
+    boxed = view(click(studio, corner["session"], proposals.MODE_BOX, 40, 35, threshold=0.5, concept=crack))
+    assert boxed["session"]["corner"] is None and "box (5, 5)–(41, 36)" in boxed["message"]
     assert boxed["session"]["selected"] == created, "the box result replaces the selected instance"
     assert get_annotation(studio.engine, created).revision == revision + 1
     assert len(live(studio, image_id)) == 1
 
     fresh = view(edits.new_instance(studio, boxed["session"], 0.5))
-    second = view(proposals.overlay_click(studio, fresh["session"], 0.5, proposals.MODE_POSITIVE, "base", crack, 10, 30))
+    second = view(click(studio, fresh["session"], proposals.MODE_POSITIVE, 10, 30, threshold=0.5, concept=crack))
     assert second["session"]["selected"] not in (None, created) and len(live(studio, image_id)) == 2
 
-    picked = view(proposals.overlay_click(studio, second["session"], 0.0, proposals.MODE_SELECT, "base", crack, 24, 20))
+    picked = view(click(studio, second["session"], proposals.MODE_SELECT, 24, 20, threshold=0.0, concept=crack))
     assert picked["session"]["selected"] in live(studio, image_id) and "Selected" in picked["message"]
     assert picked["session"]["selected"] in table_ids(picked["instances"])
 
@@ -128,7 +135,7 @@ def test_model_errors_are_messages_and_change_nothing(studio):
     long_id = projects.add_concept(studio.engine, project.id, long_name).id
     too_long = view(proposals.find_all(studio, session, 0.5, "base", long_id))
     assert "longer than 32 tokens" in too_long["message"] and too_long["message"].startswith("**Not done:**")
-    clicked = view(proposals.overlay_click(studio, session, 0.5, proposals.MODE_POSITIVE, "999", long_id, 5, 5))
+    clicked = view(click(studio, session, proposals.MODE_POSITIVE, 5, 5, model="999", concept=long_id))
     assert "no longer exists" in clicked["message"]
     assert {a.id: a.revision for a in live(studio, image_id).values()} == before, "nothing saved was touched"
     assert too_long["session"]["selected"] == session["selected"]
