@@ -99,6 +99,13 @@ class FieldSpec:
     def editable(self) -> bool:
         return self.key not in WORKER_KEYS
 
+    @property
+    def as_text(self) -> bool:
+        """Edited in a text box: every non-number kind, and optional numbers, whose empty field
+        means null (a browser number field sends 0 when emptied, and 0 means something for
+        data.val_fraction)."""
+        return self.kind not in ("int", "float", "bool", "choice") or self.optional
+
 
 def _kind(hint) -> tuple[str, bool]:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -239,12 +246,13 @@ def field_value(spec: FieldSpec, raw: Any) -> Any:
 
 
 def display_value(spec: FieldSpec, value: Any) -> Any:
-    """A config value as its form field shows it (the inverse of field_value): lists joined by ", "."""
+    """A config value as its form field shows it (the inverse of field_value): lists joined by ", ",
+    optional numbers as text ("" = null; see FieldSpec.as_text), None as ""."""
     if isinstance(value, (list, tuple)):
         return ", ".join(str(item) for item in value)
-    if value is None and spec.kind not in ("int", "float"):
-        return ""
-    return value
+    if value is None:
+        return None if spec.kind in ("int", "float") and not spec.optional else ""
+    return str(value) if spec.as_text and spec.kind in ("int", "float") else value
 
 
 def form_overrides(raw_values: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A curve is a plain dict kept in a gr.State, read incrementally from metric rows:
 
     {"job_id": int | None, "attempt": int, "after_id": int,
-     "points": {"<term> · <split>": {step: value}}}
+     "points": {series_name(term, split): {step: value}}}
 
 Only CURVE_TERMS are kept (total loss and the six unweighted terms of the last decoder
 layer, train and val); lr, throughput, mAP and the per-layer auxiliary terms are left out.
@@ -11,6 +11,8 @@ Points are keyed by step, so a row written again after a resume replaces the old
 new attempt of the job (a resume) reads the job's rows again from the start.
 """
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -21,10 +23,31 @@ CURVE_TERMS = ("loss", "loss_bbox", "loss_giou", "loss_ce", "loss_presence", "lo
 SPLITS = ("train", "val")
 MAX_POINTS_PER_SERIES = 500  # the browser draws every point; longer series are thinned evenly
 FRAME_COLUMNS = ["step", "value", "series"]
+# matplotlib's tab20 pairs: one hue per term, dark for train, light for val.
+TERM_COLOURS = {
+    "loss": ("#1f77b4", "#aec7e8"), "loss_bbox": ("#ff7f0e", "#ffbb78"), "loss_giou": ("#2ca02c", "#98df8a"),
+    "loss_ce": ("#d62728", "#ff9896"), "loss_presence": ("#9467bd", "#c5b0d5"), "loss_mask": ("#8c564b", "#c49c94"),
+    "loss_dice": ("#e377c2", "#f7b6d2"),
+}
+
+
+# Short legend labels: 14 series must fit on one legend row (gradio's legend does not wrap).
+TERM_LABELS = {"loss": "total", "loss_bbox": "bbox", "loss_giou": "giou", "loss_ce": "ce",
+               "loss_presence": "presence", "loss_mask": "mask", "loss_dice": "dice"}
 
 
 def series_name(term: str, split: str) -> str:
-    return f"{term} · {split}"
+    """'total' (train), 'total val', 'bbox', 'bbox val', ..."""
+    return TERM_LABELS[term] if split == "train" else f"{TERM_LABELS[term]} {split}"
+
+
+SERIES = tuple(series_name(term, split) for term in CURVE_TERMS for split in SPLITS)
+SERIES_COLOURS = {series_name(term, split): TERM_COLOURS[term][index]
+                  for term in CURVE_TERMS for index, split in enumerate(SPLITS)}
+"""gr.LinePlot(color_map=SERIES_COLOURS). Every frame names every series (see curve_frame), so the
+chart's colour domain never changes: gradio 6's LinePlot only swaps the data of a built chart,
+and rebuilding it on a new colour map races with that swap (seen: lines without a stroke, or
+the previous frame's data)."""
 
 
 def new_curve(job_id: int | None = None, attempt: int = 0) -> dict:
@@ -66,16 +89,21 @@ def _thinned(points: list[tuple[int, float]], limit: int) -> list[tuple[int, flo
 def curve_frame(curve: dict | None, terms: list[str] | tuple[str, ...] = CURVE_TERMS,
                 limit: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
     """Long frame for gr.LinePlot(x="step", y="value", color="series"): the chosen terms, train
-    then val, each series sorted by step and thinned to at most `limit` (+1 for the last) points."""
+    then val, each series sorted by step and thinned to at most `limit` (+1 for the last) points.
+
+    A series without points (not written yet, or its term not chosen) gets one row with value
+    NaN (sent as null, which the chart skips), so every frame names all SERIES.
+    """
     records = []
     for term in CURVE_TERMS:
-        if term not in terms:
-            continue
         for split in SPLITS:
             name = series_name(term, split)
-            points = sorted((curve or {}).get("points", {}).get(name, {}).items())
-            records.extend((step, value, name) for step, value in _thinned(points, limit))
-    return pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
+            points = sorted((curve or {}).get("points", {}).get(name, {}).items()) if term in terms else []
+            records.extend((step, value, name) for step, value in _thinned(points, limit) or [(0, math.nan)])
+    # Typed even when empty: the browser keeps the axis types of the first frame it got
+    # (an empty object frame would make both axes nominal for good).
+    frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
+    return frame.astype({"step": "int64", "value": "float64", "series": "str"})
 
 
 def last_value(curve: dict | None, term: str = "loss", split: str = "train") -> tuple[int, float] | None:

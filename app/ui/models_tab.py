@@ -8,7 +8,7 @@ import gradio as gr
 
 from app.studio import Studio
 from app.ui import models_handlers as handlers
-from app.ui.curves import curve_frame
+from app.ui.curves import SERIES_COLOURS, curve_frame
 
 
 def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, proposal_model: gr.Dropdown) -> None:
@@ -22,7 +22,6 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             choice = gr.Dropdown(label="Adapter", choices=[], value=None, elem_id="models-choice")
-            details = gr.Markdown(elem_id="models-details")
             with gr.Row():
                 download = gr.DownloadButton("Download zip (PEFT folder)", value=None, interactive=False,
                                              elem_id="models-download")
@@ -31,9 +30,10 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
             message = gr.Markdown(elem_id="models-message")
             pending_delete = gr.State(None)
         with gr.Column(scale=3, min_width=420):
-            curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series",
-                                label="Loss curve of its job", x_title="step", y_title="loss", height=320,
-                                elem_id="models-curve")
+            details = gr.Markdown(elem_id="models-details")
+    curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
+                        label="Loss curve of its job: train (dark), val (light)", x_title="step", y_title="loss",
+                        color_title="", elem_id="models-curve")
 
     # ---- wiring
     shown = [details, curve, download, message, pending_delete]

@@ -14,7 +14,7 @@ import gradio as gr
 from app.finetune import DEFAULT_PRESET, PRESETS, WORKER_KEYS, FieldSpec, display_value, field_specs, preset_values
 from app.studio import Studio
 from app.ui import train_handlers as handlers
-from app.ui.curves import CURVE_TERMS, curve_frame
+from app.ui.curves import CURVE_TERMS, SERIES_COLOURS, TERM_LABELS, curve_frame
 from app.ui.train_jobs import JOB_HEADERS
 
 
@@ -26,13 +26,13 @@ def _field(spec: FieldSpec, value) -> gr.components.Component:
         return gr.Textbox(value=f"set by the worker: {WORKER_KEYS[spec.key]}", interactive=False,
                           **{**common, "label": f"{spec.key} (not editable)"})
     value = display_value(spec, value)
-    if spec.kind in ("int", "float"):
+    if spec.kind in ("int", "float") and not spec.as_text:
         return gr.Number(value=value, precision=0 if spec.kind == "int" else None, **common)
     if spec.kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if spec.kind == "choice":
         return gr.Dropdown(choices=list(spec.choices), value=value, **common)
-    return gr.Textbox(value=value, **common)
+    return gr.Textbox(value=value, placeholder="empty = not set" if spec.optional else None, **common)
 
 
 def _section(spec: FieldSpec) -> str:
@@ -78,10 +78,11 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
             progress = gr.HTML(elem_id="train-progress")
             outcome = gr.Markdown(elem_id="train-outcome")
     jobs = gr.Dataframe(headers=JOB_HEADERS, value=[], interactive=False, max_height=220, elem_id="train-jobs")
-    terms = gr.CheckboxGroup(list(CURVE_TERMS), value=list(CURVE_TERMS), label="Loss terms",
-                             elem_id="train-curve-terms")
-    curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", label="Loss (train and val)",
-                        x_title="step", y_title="loss", height=360, elem_id="train-curve")
+    terms = gr.CheckboxGroup([(TERM_LABELS[term], term) for term in CURVE_TERMS], value=list(CURVE_TERMS),
+                             label="Loss terms (unweighted; total = weighted sum)", elem_id="train-curve-terms")
+    curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
+                        label="Loss: train (dark), val (light)", x_title="step", y_title="loss", color_title="",
+                        elem_id="train-curve")
     view = gr.State(None)
     timer = gr.Timer(1.0, active=False)
 

@@ -74,9 +74,9 @@ def test_the_list_shows_adapters_with_map_before_and_after_and_the_job_curve(stu
     assert shown[SHOWN["choice"]]["value"] == newest  # the newest is shown
     details = shown[SHOWN["details"]]
     assert "trained on 8 images, 12 instances" in details and "| segm | 0.1000 | 0.3000 |" in details
-    curve = shown[SHOWN["curve"]]
-    assert set(curve["series"]) == {"loss · train", "loss · val", "loss_dice · train"}
-    assert curve[curve.series == "loss · val"]["step"].tolist() == [0, 2]
+    curve = shown[SHOWN["curve"]].dropna()
+    assert set(curve["series"]) == {"total", "total val", "dice"}
+    assert curve[curve.series == "total val"]["step"].tolist() == [0, 2]
 
     picked = handlers.pick_adapter(studio, project_id, first)
     assert f"(#{first})" in picked[0]

@@ -22,7 +22,7 @@ from app.store.models import Job, Metric
 from app.store.projects import add_concept, create_project, image_page, set_image_split
 from app.studio import open_studio
 from app.ui import train_handlers as handlers
-from app.ui.curves import CURVE_TERMS
+from app.ui.curves import CURVE_TERMS, SERIES
 from app.ui.data_handlers import REFUSED
 from app.finetune import editable_specs, preset_values
 from sam3_lora.synthetic import write_synthetic_coco
@@ -110,7 +110,7 @@ def interactive(update) -> bool:
 def test_summary_counts_what_training_uses_and_warns(studio, project_id):
     summary = handlers.refresh_summary(studio, project_id)
     trained = len(dataset_snapshot(studio.engine, project_id))
-    assert f"**6 images** (6 train · 0 val)" in summary and f"**{trained} instances** used for training" in summary
+    assert "**6 images** (6 train · 0 val)" in summary and f"**{trained} instances** used for training" in summary
     assert "1 model proposal(s) await review" in summary  # counted apart, not in the instances
     assert "Concept `triangle` has no examples" in summary
     assert "No image is marked `val`: a random `data.val_fraction`" in summary
@@ -168,8 +168,9 @@ def test_presets_fill_the_advanced_fields(studio):
     keys = [spec.key for spec in editable_specs()]
     thorough = dict(zip(keys, handlers.choose_preset("Thorough")))
     assert thorough["lora.preset"] == "full" and thorough["lora.rank"] == 32 and thorough["optim.betas"] == "0.9, 0.999"
-    assert thorough["schedule.max_steps"] is None and thorough["schedule.epochs"] == 20
-    assert dict(zip(keys, handlers.choose_preset("Quick")))["schedule.max_steps"] == preset_values("Quick")["schedule.max_steps"]
+    # optional numbers are text boxes: empty = null (a browser number field would send 0)
+    assert thorough["schedule.max_steps"] == "" and thorough["schedule.epochs"] == "20"
+    assert dict(zip(keys, handlers.choose_preset("Quick")))["schedule.max_steps"] == str(preset_values("Quick")["schedule.max_steps"])
 
 
 def test_a_down_broker_still_queues_the_job_and_says_so(studio, project_id):
@@ -198,8 +199,10 @@ def test_curve_reads_rows_incrementally_with_val_series_and_survives_a_reload(st
     ticked = handlers.tick(studio, project_id, job_id, state, TERMS)
     frame, state = ticked[VIEW["curve"]], ticked[VIEW["view"]]
     assert isinstance(frame, pd.DataFrame)
-    assert set(frame["series"]) == {"loss · train", "loss_giou · train", "loss · val", "loss_bbox · val"}  # no lr, mAP, aux
-    assert frame[frame.series == "loss · train"][["step", "value"]].values.tolist() == [[1, 8.0], [2, 7.0]]
+    assert tuple(frame["series"].unique()) == SERIES  # every series named: the chart's colours never change
+    drawn = frame.dropna()
+    assert set(drawn["series"]) == {"total", "giou", "total val", "bbox val"}  # no lr, mAP, aux
+    assert frame[frame.series == "total"][["step", "value"]].values.tolist() == [[1, 8.0], [2, 7.0]]
     last_id = state["after_id"]
     assert ticked[VIEW["job"]]["value"] == job_id  # queued -> running: the dropdown's label changes
 
@@ -210,15 +213,15 @@ def test_curve_reads_rows_incrementally_with_val_series_and_survives_a_reload(st
     newer = handlers.tick(studio, project_id, job_id, state, TERMS)
     state = newer[VIEW["view"]]
     assert state["after_id"] == last_id + 2  # only the two new rows were read
-    frame = newer[VIEW["curve"]]
-    assert frame[frame.series == "loss · val"]["step"].tolist() == [0, 3]
+    frame = newer[VIEW["curve"]].dropna()
+    assert frame[frame.series == "total val"]["step"].tolist() == [0, 3]
     assert newer[VIEW["timer"]].active is True
-    only_total = handlers.pick_terms(state, ["loss"])
-    assert set(only_total["series"]) == {"loss · train", "loss · val"}
+    only_total = handlers.pick_terms(state, ["loss"]).dropna()
+    assert set(only_total["series"]) == {"total", "total val"}
 
     reloaded = handlers.show_project(studio, project_id, None, TERMS)  # a fresh page: no state
     assert reloaded[2 + VIEW["job"]]["value"] == job_id
-    assert reloaded[2 + VIEW["curve"]].equals(frame)
+    assert reloaded[2 + VIEW["curve"]].dropna().equals(frame)
 
 
 def test_eta_comes_from_the_step_rate_of_the_current_attempt(studio, project_id):
