@@ -14,6 +14,7 @@ from app.ui.curves import SERIES_COLOURS, curve_frame
 def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, proposal_model: gr.Dropdown) -> None:
     """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown.
     `proposal_model` is the Annotate tab's proposal-model dropdown ("Use for proposals" sets it)."""
+    tab = gr.context.Context.block  # the enclosing gr.Tab: entering it lists adapters trained meanwhile
     with gr.Row():
         gr.Markdown("### Trained adapters")
         refresh_button = gr.Button("Refresh", size="sm", scale=0, elem_id="models-refresh")
@@ -41,6 +42,8 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
     demo.load(show, [project, choice], [adapters, choice, *shown])
     project.change(show, [project], [adapters, choice, *shown])
     refresh_button.click(show, [project, choice], [adapters, choice, *shown])
+    if isinstance(tab, gr.Tab):
+        tab.select(show, [project, choice], [adapters, choice, *shown])
     choice.input(partial(handlers.pick_adapter, studio), [project, choice], shown)
     use_button.click(partial(handlers.use_for_proposals, studio), [project, choice], [proposal_model, message])
     delete_button.click(

@@ -82,6 +82,12 @@ def show_project(studio: Studio, project_id: Any, view: dict | None, terms: list
             *job_view(studio, project_id, None, view, terms))
 
 
+def enter_tab(studio: Studio, project_id: Any, job_id: Any, view: dict | None, terms: list[str]) -> tuple:
+    """The tab is opened again: labels may have changed in Annotate, a job may have started
+    elsewhere. -> (summary, *job view of the shown job)."""
+    return (project_summary(studio.engine, _project_id(project_id)), *job_view(studio, project_id, job_id, view, terms))
+
+
 def refresh_summary(studio: Studio, project_id: Any) -> str:
     return project_summary(studio.engine, _project_id(project_id))
 

@@ -55,6 +55,7 @@ def _advanced_fields() -> list[gr.components.Component]:
 
 def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> None:
     """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown."""
+    tab = gr.context.Context.block  # the enclosing gr.Tab: entering it refreshes what changed elsewhere
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             gr.Markdown("### Dataset")
@@ -92,6 +93,8 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
     demo.load(show, [project, view, terms], [summary, message, *view_outputs])
     project.change(show, [project, view, terms], [summary, message, *view_outputs])
     refresh_button.click(partial(handlers.refresh_summary, studio), [project], [summary])
+    if isinstance(tab, gr.Tab):
+        tab.select(partial(handlers.enter_tab, studio), [project, job_choice, view, terms], [summary, *view_outputs])
     preset.input(handlers.choose_preset, [preset], fields)
     start_button.click(
         partial(handlers.start_finetune, studio), [project, preset, view, terms, *fields], [message, *view_outputs]

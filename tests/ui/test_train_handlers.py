@@ -282,3 +282,16 @@ def test_a_finished_job_shows_map_before_and_after(studio, project_id):
     outcome = handlers.pick_job(studio, project_id, job_id, None, TERMS)[VIEW["outcome"]]
     assert f"Job {job_id} finished. Adapter **job-{job_id}**" in outcome
     assert "| segm | 0.0500 | 0.4200 |" in outcome and "| bbox | 0.1000 | 0.5000 |" in outcome
+
+
+def test_entering_the_tab_again_refreshes_the_summary_and_keeps_the_shown_job(studio, project_id):
+    send = RecordingSend()
+    start(studio, project_id, send)
+    first = send.sent[0]
+    handlers.cancel_job(studio, project_id, first, None, TERMS)
+    start(studio, project_id, send)
+    for row in image_page(studio.engine, project_id, 0, 1):
+        set_image_split(studio.engine, row.image.id, "val")  # changed in another tab
+    summary, *view = handlers.enter_tab(studio, project_id, first, None, TERMS)
+    assert "(5 train · 1 val)" in summary
+    assert view[VIEW["job"]]["value"] == first and [row[0] for row in view[VIEW["jobs"]]] == [send.sent[1], first]
