@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from app.store.db import read_session
 from app.store.models import Image
 from app.store.projects import IMAGE_STATUSES
 
-__all__ = ["ImageChoice", "image_choices", "neighbour_image_id"]
+__all__ = ["ImageChoice", "image_choices", "image_position", "neighbour_image_id"]
 
 
 class ImageChoice(NamedTuple):
@@ -31,15 +31,32 @@ def _check_status(status: str | None) -> None:
         raise ValueError(f"image status {status!r} is not one of {', '.join(IMAGE_STATUSES)}")
 
 
-def image_choices(engine: Engine, project_id: int, status: str | None = None, limit: int = 5000) -> list[ImageChoice]:
-    """The project's images (of `status` when given) in upload order, at most `limit` of them."""
+def image_choices(
+    engine: Engine, project_id: int, status: str | None = None, offset: int = 0, limit: int = 500
+) -> list[ImageChoice]:
+    """The project's images (of `status` when given) in upload order, `limit` of them from `offset`."""
     _check_status(status)
+    if offset < 0 or limit < 1:
+        raise ValueError(f"offset must be >= 0 and limit >= 1, got offset={offset} limit={limit}")
     query = select(Image.id, Image.original_name, Image.status).where(Image.project_id == project_id)
     if status is not None:
         query = query.where(Image.status == status)
     with read_session(engine) as session:
-        rows = session.execute(query.order_by(Image.id).limit(limit)).all()
+        rows = session.execute(query.order_by(Image.id).offset(offset).limit(limit)).all()
     return [ImageChoice(image_id, name or f"image {image_id}", image_status) for image_id, name, image_status in rows]
+
+
+def image_position(engine: Engine, project_id: int, image_id: int, status: str | None = None) -> int | None:
+    """1-based place of the image in the (filtered) upload order; None when it is not in that list."""
+    _check_status(status)
+    in_list = select(Image.id).where(Image.id == image_id, Image.project_id == project_id)
+    before = select(func.count()).select_from(Image).where(Image.project_id == project_id, Image.id <= image_id)
+    if status is not None:
+        in_list, before = in_list.where(Image.status == status), before.where(Image.status == status)
+    with read_session(engine) as session:
+        if session.scalar(in_list) is None:
+            return None
+        return int(session.scalar(before))
 
 
 def neighbour_image_id(

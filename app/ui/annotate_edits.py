@@ -22,8 +22,9 @@ from app.ui.annotate_masks import layer_to_mask
 from app.ui.annotate_undo import change_of, push_undo
 from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_id_of_row, annotation_mask, concepts_by_id, copy_session, is_shown,
-    open_image_row, refusal, render, select,
+    open_image_row, render, select,
 )
+from app.ui.data_handlers import refusal
 
 NO_SELECTION = "select an instance first (click it on the image or in the table)"
 

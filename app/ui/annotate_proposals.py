@@ -8,7 +8,8 @@ model run). The backbone runs once per image: studio.models.cache holds its feat
 
 Clicks (+ / -) and two box corners refine or add ONE instance (predict_from_clicks, or
 predict with `boxes=`): the best result replaces the selected instance as a model
-proposal, or becomes a new one when none is selected.
+proposal when the sequence starts on it (first click, or the box's centre, inside its
+mask), else it becomes a new instance, which the following clicks then refine.
 Model errors (adapter deleted, phrase too long, weights unreadable) become a message
 naming the cause; nothing saved is touched.
 """
@@ -22,15 +23,16 @@ import numpy as np
 from app.store.adapters import AdapterNotFound
 from app.store.annotations import RevisionConflict, delete_annotation, list_annotations, save_annotation
 from app.store.masks import mask_to_rle
-from app.store.models import Concept
+from app.store.models import Annotation, Concept
 from app.studio import Studio
 from app.ui.annotate_edits import conflict_message
 from app.ui.annotate_overlay import to_image_pixels
 from app.ui.annotate_undo import change_of, push_undo
 from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
-    refusal, render, select,
+    render, select,
 )
+from app.ui.data_handlers import refusal
 from app.ui.proposal_choices import BASE_CHOICE, adapter_folder_of_choice
 from sam3_lora.predict import Instance, predict, predict_from_clicks
 
@@ -114,17 +116,22 @@ def find_all(
             except (RevisionConflict, ValueError):  # someone is editing it right now: leave it be
                 kept += 1
     replaced = len(changes)
-    created = []
+    created, failure = [], ""
     for instance in instances:
         if not instance.mask.any():  # an empty mask is no instance (and the store refuses it)
             continue
-        saved = save_annotation(studio.engine, image_id=image.id, concept_id=concept.id, rle=mask_to_rle(instance.mask),
-                                source="model", score=min(max(instance.score, 0.0), 1.0), author="find all")
+        try:
+            saved = save_annotation(studio.engine, image_id=image.id, concept_id=concept.id, rle=mask_to_rle(instance.mask),
+                                    source="model", score=min(max(instance.score, 0.0), 1.0), author="find all")
+        except ValueError as error:  # e.g. the concept was deleted meanwhile: keep what is saved, say why
+            failure = " " + refusal("the other proposals were not saved", error)
+            break
         changes.append(change_of(None, saved))
         created.append(saved)
     push_undo(session, f"Find all {concept.name}", image.id, changes)
     select(session, created[0] if created else None)  # predict sorts by score: the first is the best
-    return render(studio, session, threshold, _find_all_message(concept.name, model_choice, created, replaced, kept, threshold))
+    message = _find_all_message(concept.name, model_choice, created, replaced, kept, threshold) + failure
+    return render(studio, session, threshold, message)
 
 
 def _find_all_message(name: str, model_choice: str | None, created: list, replaced: int, kept: int, threshold: float) -> str:
@@ -200,6 +207,10 @@ def overlay_click(
     if mode == MODE_BOX and session.get("corner") is None:
         session["corner"] = [x, y]
         return render(studio, session, threshold, f"Box corner at ({x:.0f}, {y:.0f}): click the opposite corner.", editor=False)
+    # the selected instance is refined by a click sequence that starts on it; one that starts elsewhere adds an instance
+    starts = not session["clicks"]
+    anchor = ((session["corner"][0] + x) / 2, (session["corner"][1] + y) / 2) if mode == MODE_BOX else (x, y)
+    target = _selected_covering(studio, session, anchor) if starts else _selected_covering(studio, session, None)
     try:
         image = shown
         concept = _concept(concepts_by_id(studio, image.project_id), concept_id)
@@ -227,14 +238,24 @@ def overlay_click(
     found = [inst for inst in found if inst.mask.any()]
     if not found:
         return render(studio, session, threshold, f"No object fits the {what}; move or add clicks.", editor=False)
-    return _save_refined(studio, session, threshold, image.id, concept, found[0], what)
+    return _save_refined(studio, session, threshold, image.id, concept, found[0], what, target)
+
+
+def _selected_covering(studio: Studio, session: dict[str, Any], point: tuple[float, float] | None) -> Annotation | None:
+    """The selected annotation if it covers image pixel `point` (None: whatever it covers), else None."""
+    if session.get("selected") is None:
+        return None
+    selected = next((a for a in list_annotations(studio.engine, int(session["image_id"])) if a.id == session["selected"]), None)
+    if selected is None or point is None:
+        return selected
+    mask = annotation_mask(selected)
+    row, column = int(point[1]), int(point[0])
+    return selected if 0 <= row < mask.shape[0] and 0 <= column < mask.shape[1] and mask[row, column] else None
 
 
 def _save_refined(studio: Studio, session: dict[str, Any], threshold: float, image_id: int, concept: Concept,
-                  instance: Instance, what: str) -> tuple:
-    """The refined instance replaces the selected annotation (model proposal) or becomes a new one."""
-    selected = session.get("selected")
-    before = next((a for a in list_annotations(studio.engine, image_id) if a.id == selected), None)
+                  instance: Instance, what: str, before: Annotation | None) -> tuple:
+    """The refined instance replaces `before` (as a model proposal) or, with before None, becomes a new one."""
     score = min(max(instance.score, 0.0), 1.0)
     try:
         saved = save_annotation(

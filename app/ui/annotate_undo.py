@@ -20,7 +20,8 @@ from app.store.annotations import RevisionConflict, delete_annotation, get_annot
 from app.store.masks import rle_from_json
 from app.store.models import Annotation
 from app.studio import Studio
-from app.ui.annotate_view import copy_session, refusal, render, select
+from app.ui.annotate_view import copy_session, render, select
+from app.ui.data_handlers import refusal
 
 MAX_UNDO = 50
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -23,7 +24,7 @@ from PIL import Image as PILImage
 
 from app.store import projects
 from app.store.annotations import list_annotations
-from app.store.image_order import image_choices
+from app.store.image_order import image_choices, image_position
 from app.store.masks import rle_from_json, rle_to_mask
 from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
@@ -31,15 +32,17 @@ from app.studio import Studio
 from app.ui.annotate_masks import concept_brush, editor_value
 from app.ui.annotate_overlay import Shape, render_overlay
 
+logger = logging.getLogger(__name__)
+
 VIEW_OUTPUTS = ("session", "image_list", "image_info", "overlay", "editor", "instances", "message")
 INSTANCE_HEADERS = ["id", "concept", "status", "score", "revision"]
 ALL_STATUSES = "all"
 DEFAULT_THRESHOLD = 0.5
+IMAGE_LIST_SIZE = 500  # the image dropdown lists this many around the open image; previous / next reach all
 SELECTED_MARK = "▶ "
 NO_CONCEPT_COLOR = "#808080"
 STATUS_OF_SOURCE = {"model": "proposal", "human": "reviewed", "import": "imported"}
 NO_IMAGE = "choose a project with images first (upload them under Projects & Data)"
-REFUSED = "**Not done:**"
 
 
 def new_session(project_id: int | None = None) -> dict[str, Any]:
@@ -52,12 +55,6 @@ def new_session(project_id: int | None = None) -> dict[str, Any]:
 def copy_session(session: dict[str, Any] | None) -> dict[str, Any]:
     """A deep copy with every key present (handlers never mutate the value gradio holds)."""
     return {**new_session(), **copy.deepcopy(session or {})}
-
-
-def refusal(what: str, error: Exception | str) -> str:
-    """'**Not done:** cannot save the mask: the mask is empty.' (markdown specials escaped)."""
-    reason = re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", str(error).rstrip("."))
-    return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."
 
 
 def select(session: dict[str, Any], annotation: Annotation | None) -> None:
@@ -79,8 +76,12 @@ def image_pixels(studio: Studio, image: Image) -> np.ndarray:
     if path in _PIXELS:
         _PIXELS.move_to_end(path)
         return _PIXELS[path]
-    with PILImage.open(path) as source:
-        pixels = np.array(source.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
+    try:
+        with PILImage.open(path) as source:
+            pixels = np.array(source.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
+    except OSError:  # the file went missing: a grey stand-in keeps the annotations workable, the log says why
+        logger.warning("image %s: cannot read %s; showing grey", image.id, path)
+        return np.full((image.height, image.width, 3), 128, dtype=np.uint8)
     _PIXELS[path] = pixels
     while len(_PIXELS) > _PIXELS_KEPT:
         _PIXELS.popitem(last=False)
@@ -117,20 +118,22 @@ def status_filter_value(session: dict[str, Any]) -> str | None:
 # ---------------------------------------------------------------- outputs
 
 def _image_list(studio: Studio, session: dict[str, Any]) -> tuple[dict, str]:
-    """(dropdown update of the filtered images, 'image i of n' text)."""
+    """(dropdown update listing up to IMAGE_LIST_SIZE filtered images around the open one, 'image i of n')."""
     if session.get("project_id") is None:
         return gr.update(choices=[], value=None), ""
-    choices = image_choices(studio.engine, int(session["project_id"]), status_filter_value(session))
-    image_id = session.get("image_id")
-    ids = [choice.image_id for choice in choices]
+    project_id, status, image_id = int(session["project_id"]), status_filter_value(session), session.get("image_id")
+    total = projects.count_images(studio.engine, project_id, status)
+    position = None if image_id is None else image_position(studio.engine, project_id, int(image_id), status)
+    offset = max(0, (position or 1) - 1 - IMAGE_LIST_SIZE // 2)
+    choices = image_choices(studio.engine, project_id, status, offset=offset, limit=IMAGE_LIST_SIZE)
     entries = [(f"{choice.name} · {choice.status}", choice.image_id) for choice in choices]
-    if image_id is not None and image_id not in ids:  # it left the filter (its status changed): keep it listed
+    if image_id is not None and position is None:  # it left the filter (its status changed): keep it listed
         image = projects.get_image(studio.engine, int(image_id))
         entries.append((f"{image.original_name or f'image {image.id}'} · {image.status}", image.id))
-        position = f"not in the '{session['status_filter']}' list any more"
+        where = f"not in the '{session['status_filter']}' list any more"
     else:
-        position = f"image {ids.index(image_id) + 1} of {len(ids)}" if image_id is not None else f"{len(ids)} images"
-    return gr.update(choices=entries, value=image_id), position
+        where = f"image {position} of {total}" if position is not None else f"{total} images"
+    return gr.update(choices=entries, value=image_id), where
 
 
 def _table_row(annotation: Annotation, concepts: dict[int, Concept], selected: int | None) -> list:
@@ -173,7 +176,11 @@ def render(
         select(session, None)
         blank = gr.update(value=None) if editor else gr.update()
         return session, image_list, "No image open.", None, blank, [], message
-    image = open_image_row(studio, session)
+    try:
+        image = open_image_row(studio, session)
+    except ValueError as error:  # deleted meanwhile
+        session["image_id"] = None
+        return render(studio, session, threshold, f"{message} {error}.".strip(), editor=editor)
     annotations = list_annotations(studio.engine, image.id)
     if session.get("selected") not in {a.id for a in annotations}:
         select(session, None)

@@ -3,10 +3,13 @@ proposals and replaces only the unreviewed ones, the threshold hides without a m
 the backbone runs once per image, clicks / boxes make one instance, model errors are messages."""
 from __future__ import annotations
 
+import numpy as np
+
 from app.store import projects
 from app.store.annotations import get_annotation
 from app.ui import annotate_edits as edits
 from app.ui import annotate_proposals as proposals
+from app.ui.annotate_view import annotation_mask
 from tests.ui.annotate_support import (  # noqa: F401
     NO_CHANGE, live, make_project, on_overlay, opened, studio, table_ids, view,
 )
@@ -116,7 +119,14 @@ def test_clicks_and_box_corners_add_then_refine_one_instance(studio):
     second = view(click(studio, fresh["session"], proposals.MODE_POSITIVE, 10, 30, threshold=0.5, concept=crack))
     assert second["session"]["selected"] not in (None, created) and len(live(studio, image_id)) == 2
 
-    picked = view(click(studio, second["session"], proposals.MODE_SELECT, 24, 20, threshold=0.0, concept=crack))
+    second_id = second["session"]["selected"]
+    cleared = view(proposals.clear_clicks(studio, second["session"], 0.5))["session"]
+    row, column = np.argwhere(annotation_mask(get_annotation(studio.engine, second_id)))[0]
+    on_it = view(click(studio, cleared, proposals.MODE_POSITIVE, column, row, concept=crack))
+    assert on_it["session"]["selected"] == second_id, "a sequence starting on the selected instance refines it"
+    assert get_annotation(studio.engine, second_id).revision == 2 and len(live(studio, image_id)) == 2
+
+    picked = view(click(studio, on_it["session"], proposals.MODE_SELECT, 24, 20, threshold=0.0, concept=crack))
     assert picked["session"]["selected"] in live(studio, image_id) and "Selected" in picked["message"]
     assert picked["session"]["selected"] in table_ids(picked["instances"])
 
