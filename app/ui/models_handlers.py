@@ -135,15 +135,20 @@ def show_models(studio: Studio, project_id: Any, selected: Any = None) -> tuple:
     return (adapter_rows(studio, project_id), dropdown, *pick_adapter(studio, project_id, dropdown["value"]))
 
 
+def _chosen_adapter(studio: Studio, project_id: Any, adapter_id: Any) -> tuple[int, Any]:
+    """(project id, Adapter row) of the dropdowns' values; ValueError / AdapterNotFound name what is missing."""
+    project_id = _project_id(project_id)
+    if project_id is None:
+        raise ValueError(NO_PROJECT)
+    if adapter_id in (None, ""):
+        raise ValueError("choose an adapter first")
+    return project_id, get_adapter(studio.engine, int(adapter_id))
+
+
 def use_for_proposals(studio: Studio, project_id: Any, adapter_id: Any) -> tuple[Any, str]:
     """(the Annotate tab's proposal-model dropdown set to the adapter, message)."""
     try:
-        project_id = _project_id(project_id)
-        if project_id is None:
-            raise ValueError(NO_PROJECT)
-        if adapter_id in (None, ""):
-            raise ValueError("choose an adapter first")
-        adapter = get_adapter(studio.engine, int(adapter_id))
+        project_id, adapter = _chosen_adapter(studio, project_id, adapter_id)
     except (ValueError, AdapterNotFound) as error:
         return gr.update(), refusal("cannot use the adapter for proposals", error)
     dropdown = gr.Dropdown(choices=proposal_model_choices(studio, project_id), value=str(adapter.id))
@@ -156,12 +161,7 @@ def delete_adapter_twice(studio: Studio, project_id: Any, adapter_id: Any, pendi
     -> (rows, dropdown, details, curve, download, message, pending, proposal-model dropdown)."""
     unchanged = (gr.update(),) * 5
     try:
-        project_id = _project_id(project_id)
-        if project_id is None:
-            raise ValueError(NO_PROJECT)
-        if adapter_id in (None, ""):
-            raise ValueError("choose an adapter first")
-        adapter = get_adapter(studio.engine, int(adapter_id))
+        project_id, adapter = _chosen_adapter(studio, project_id, adapter_id)
     except (ValueError, AdapterNotFound) as error:
         return (*unchanged, refusal("cannot delete the adapter", error), None, gr.update())
     if pending_delete in (None, "") or int(pending_delete) != adapter.id:
