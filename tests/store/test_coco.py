@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
-from sqlmodel import SQLModel, select
+from sqlmodel import select
 
 from app.store.coco_export import export_coco
 from app.store.coco_import import import_coco, import_coco_zip
-from app.store.db import make_engine, read_session, write_session
+from app.store.db import read_session, write_session
 from app.store.masks import mask_to_rle, polygons_to_rle, rle_to_mask
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from tests.store.test_uploads import image_bytes, make_project
@@ -24,13 +24,10 @@ MB = 1024 * 1024
 
 
 @pytest.fixture
-def store(tmp_path):
-    engine = make_engine("sqlite:///" + str(tmp_path / "studio.db"))
-    SQLModel.metadata.create_all(engine)
+def store(engine, tmp_path):
     media_dir = tmp_path / "media"
     media_dir.mkdir()
     yield SimpleNamespace(engine=engine, media_dir=media_dir, project_id=make_project(engine, "coco"))
-    engine.dispose()
 
 
 def blob(height: int, width: int, seed: int) -> np.ndarray:

@@ -11,10 +11,9 @@ import pytest
 import yaml
 from PIL import Image as PILImage
 from pycocotools.coco import COCO
-from sqlmodel import SQLModel
 
 from app.store.coco_export import ExportError, dataset_snapshot, export_coco, export_png_masks, export_yolo_seg
-from app.store.db import make_engine, read_session, write_session
+from app.store.db import read_session, write_session
 from app.store.masks import mask_to_rle, polygons_to_rle, rle_area, rle_bbox, rle_to_json, rle_to_mask
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from app.store.polygons import mask_to_polygons, trace_outer_boundary
@@ -80,10 +79,8 @@ def add_version(engine, image_id: int, concept_id: int, mask: np.ndarray, annota
 
 
 @pytest.fixture
-def labelled(tmp_path):
+def labelled(engine, tmp_path):
     """One labelled 80x60 image (4 annotations, 2 concepts) and one unlabelled 50x50 negative."""
-    engine = make_engine("sqlite:///" + str(tmp_path / "studio.db"))
-    SQLModel.metadata.create_all(engine)
     media_dir = tmp_path / "media"
     project_id = make_project(engine, "exports")
     report = ingest_files(engine, media_dir, project_id,
@@ -102,7 +99,6 @@ def labelled(tmp_path):
     yield SimpleNamespace(engine=engine, media_dir=media_dir, project_id=project_id, image_id=image_id,
                           negative_id=negative_id, concepts=concepts, shapes=shapes, annotation_ids=annotation_ids,
                           out=tmp_path / "out")
-    engine.dispose()
 
 
 def exported_masks(json_path) -> dict[int, np.ndarray]:

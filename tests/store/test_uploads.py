@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from sqlmodel import SQLModel, select
+from sqlmodel import select
 
-from app.store.db import make_engine, read_session, write_session
+from app.store.db import read_session, write_session
 from app.store.models import Image, Project
 from app.store.uploads import ingest_files, ingest_zip, split_for
 
@@ -38,13 +38,10 @@ def make_project(engine, name: str) -> int:
 
 
 @pytest.fixture
-def store(tmp_path):
-    engine = make_engine("sqlite:///" + str(tmp_path / "studio.db"))
-    SQLModel.metadata.create_all(engine)
+def store(engine, tmp_path):
     media_dir = tmp_path / "media"
     media_dir.mkdir()
     yield SimpleNamespace(engine=engine, media_dir=media_dir, project_id=make_project(engine, "uploads"))
-    engine.dispose()
 
 
 def image_bytes(fmt: str, size=(32, 24), seed: int = 0, **save_args) -> bytes:
