@@ -106,6 +106,14 @@ def human_annotations(data_dir: Path) -> list[tuple[int, int, dict]]:
     return [(row_id, revision, json.loads(rle)) for row_id, revision, rle in rows]
 
 
+def best_proposal(data_dir: Path) -> np.ndarray:
+    """Mask of the highest-scoring live model proposal, uint8 [H, W]."""
+    with sqlite3.connect(data_dir / "studio.db") as db:
+        (rle,) = db.execute("SELECT rle FROM annotation WHERE source = 'model' AND deleted = 0 "
+                            "ORDER BY score DESC LIMIT 1").fetchone()
+    return coco_mask.decode(json.loads(rle))
+
+
 def curve_point_count(page: Page) -> int:
     """Points drawn in the loss plot (vega marks), 0 while it is empty."""
     return page.evaluate(
@@ -143,6 +151,10 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     wait_text(page, "#annotate-message", "proposal")
     page.wait_for_function("() => document.querySelectorAll('#annotate-instances tbody tr').length >= 1", timeout=WAIT_MS)
     page.wait_for_timeout(1500)  # the editor draws the selected instance's layer after the table
+    proposal = best_proposal(data_dir)  # Find all selects the best proposal and loads it into the editor
+    # erase across a mask that covers the middle of the image, paint across one that does not
+    tool = "Erase" if proposal[proposal.shape[0] // 2].mean() > 0.5 else "Brush"
+    page.locator("#annotate-editor").get_by_role("button", name=tool, exact=True).click()
     canvas = page.locator("#annotate-editor canvas").first
     box = canvas.bounding_box()
     assert box and box["width"] > 50, box
@@ -158,8 +170,12 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     assert len(changed) == 1, (saved_message, before.keys(), after.keys())
     saved_id = changed[0]
     saved_mask = coco_mask.decode(after[saved_id][1])
-    page.wait_for_timeout(2000)  # the editor redraws the saved mask
-    page.screenshot(path=str(shots / "annotate.png"))
+    if tool == "Erase":
+        assert saved_mask.sum() < proposal.sum(), (tool, saved_mask.sum(), proposal.sum())
+    else:
+        assert saved_mask.sum() > proposal.sum(), (tool, saved_mask.sum(), proposal.sum())
+    changed_rows = np.nonzero((saved_mask != proposal).any(axis=1))[0]
+    assert abs(changed_rows.mean() - proposal.shape[0] / 2) < proposal.shape[0] / 8  # along the stroke
 
     # ---- reload: the saved mask is still there, in the database and in the page
     page.reload()
@@ -173,6 +189,14 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
         ".some(row => { const cells = [...row.querySelectorAll('td')].map(c => c.textContent.trim().toLowerCase());"
         " return cells.includes(String(id)) && cells.includes('reviewed'); })",
         arg=saved_id, timeout=WAIT_MS)
+    # selecting its row loads it into the editor again
+    page.locator("#annotate-instances").scroll_into_view_if_needed()  # the table draws its rows when in view
+    page.locator("#annotate-instances").get_by_text(str(saved_id), exact=True).locator("visible=true").first.click()
+    wait_text(page, "#annotate-message", f"#{saved_id}")
+    page.wait_for_function("() => !document.querySelector('#annotate-editor').innerText.includes('processing')",
+                           timeout=WAIT_MS)
+    page.wait_for_timeout(1500)  # the canvas draws the layer after the value arrives
+    page.screenshot(path=str(shots / "annotate.png"), full_page=True)
 
     # ---- Train: quick preset, few steps; the curve grows while the job runs
     open_tab(page, "Train")
