@@ -65,14 +65,17 @@ def shots(tmp_path) -> Path:
 
 
 @pytest.fixture
-def page(request, shots):
+def page(request, shots, studio_url):  # studio_url first: the server outlives the failure screenshot
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
         page = context.new_page()
+        console: list[str] = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         yield page
-        if request.node.rep_call.failed:  # what the page showed when the test failed
+        if request.node.rep_call.failed:  # what the page showed and logged when the test failed
             page.screenshot(path=str(shots / "failure.png"), full_page=True)
+            print("browser console:", *console[-40:], sep="\n  ")
         browser.close()
 
 
@@ -81,12 +84,24 @@ def text_of(page: Page, selector: str) -> str:
 
 
 def wait_text(page: Page, selector: str, needle: str, timeout_ms: int = WAIT_MS) -> str:
-    """Wait until the element's text contains `needle` (case-insensitive); return the text."""
-    page.wait_for_function(
-        "([sel, needle]) => { const e = document.querySelector(sel);"
-        " return !!e && e.innerText.toLowerCase().includes(needle); }",
+    """Wait until the element's text contains `needle` or "not done" (a refusal; case-insensitive);
+    return the text, asserting it is not a refusal."""
+    found = page.wait_for_function(
+        "([sel, needle]) => { const e = document.querySelector(sel); if (!e) return false;"
+        " const text = e.innerText; const lower = text.toLowerCase();"
+        " return (lower.includes(needle) || lower.includes('not done')) ? text : false; }",
         arg=[selector, needle.lower()], timeout=timeout_ms)
-    return text_of(page, selector)
+    text = found.json_value()
+    assert needle.lower() in text.lower(), text
+    return text
+
+
+def wait_idle(page: Page, selector: str) -> None:
+    """Wait until the component shows no progress overlay, then give its canvas a moment to draw."""
+    page.wait_for_function("(sel) => { const e = document.querySelector(sel);"
+                           " return !!e && !e.innerText.includes('processing') && !e.querySelector('.eta-bar'); }",
+                           arg=selector, timeout=WAIT_MS)
+    page.wait_for_timeout(1500)
 
 
 def open_tab(page: Page, name: str) -> None:
@@ -150,7 +165,7 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     page.locator("#annotate-find-all").click()
     wait_text(page, "#annotate-message", "proposal")
     page.wait_for_function("() => document.querySelectorAll('#annotate-instances tbody tr').length >= 1", timeout=WAIT_MS)
-    page.wait_for_timeout(1500)  # the editor draws the selected instance's layer after the table
+    wait_idle(page, "#annotate-editor")  # the editor draws the selected instance's layer after the table
     proposal = best_proposal(data_dir)  # Find all selects the best proposal and loads it into the editor
     # erase across a mask that covers the middle of the image, paint across one that does not
     tool = "Erase" if proposal[proposal.shape[0] // 2].mean() > 0.5 else "Brush"
@@ -193,9 +208,7 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     page.locator("#annotate-instances").scroll_into_view_if_needed()  # the table draws its rows when in view
     page.locator("#annotate-instances").get_by_text(str(saved_id), exact=True).locator("visible=true").first.click()
     wait_text(page, "#annotate-message", f"#{saved_id}")
-    page.wait_for_function("() => !document.querySelector('#annotate-editor').innerText.includes('processing')",
-                           timeout=WAIT_MS)
-    page.wait_for_timeout(1500)  # the canvas draws the layer after the value arrives
+    wait_idle(page, "#annotate-editor")
     page.screenshot(path=str(shots / "annotate.png"), full_page=True)
 
     # ---- Train: quick preset, few steps; the curve grows while the job runs
