@@ -24,7 +24,7 @@ from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_id_of_row, annotation_mask, concepts_by_id, copy_session, is_shown,
     open_image_row, render, select,
 )
-from app.ui.data_handlers import refusal
+from app.ui.messages import refusal
 
 NO_SELECTION = "select an instance first (click it on the image or in the table)"
 

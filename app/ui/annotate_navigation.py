@@ -17,7 +17,7 @@ from app.studio import Studio
 from app.ui.annotate_view import (
     ALL_STATUSES, copy_session, new_session, render, select, status_filter_value,
 )
-from app.ui.data_handlers import refusal
+from app.ui.messages import refusal
 from app.ui.proposal_choices import BASE_CHOICE, proposal_model_choices
 
 STATUS_FILTERS = (ALL_STATUSES, *projects.IMAGE_STATUSES)

@@ -32,7 +32,7 @@ from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
     render, select,
 )
-from app.ui.data_handlers import refusal
+from app.ui.messages import refusal
 from app.ui.proposal_choices import BASE_CHOICE, adapter_folder_of_choice
 from sam3_lora.predict import Instance, predict, predict_from_clicks
 

@@ -21,7 +21,7 @@ from app.store.masks import rle_from_json
 from app.store.models import Annotation
 from app.studio import Studio
 from app.ui.annotate_view import copy_session, render, select
-from app.ui.data_handlers import refusal
+from app.ui.messages import refusal
 
 MAX_UNDO = 50
 

@@ -35,6 +35,7 @@ from app.store.media import media_path, write_atomically
 from app.store.models import Image
 from app.store.uploads import UploadReport, ingest_files, ingest_zip
 from app.studio import Studio
+from app.ui.messages import NO_PROJECT, refusal
 
 PAGE_SIZE = 48
 ALL_STATUSES = "all"
@@ -48,14 +49,6 @@ EXPORTERS: dict[str, tuple[Callable[..., Path], str]] = {
     "YOLO-seg": (export_yolo_seg, "yolo-seg"),
     "PNG masks": (export_png_masks, "png-masks"),
 }
-REFUSED = "**Not done:**"
-NO_PROJECT = "choose a project first (or create one with 'New project')"
-
-
-def refusal(what: str, error: Exception | str) -> str:
-    """'**Not done:** cannot add the concept: concept phrase is empty.' (markdown specials escaped)."""
-    reason = re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", str(error).rstrip("."))
-    return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."
 
 
 def _require_project(project_id: Any) -> int:

@@ -25,7 +25,7 @@ from app.store.adapters import (AdapterNotFound, adapter_folder, adapter_metrics
 from app.store.models import Adapter
 from app.studio import Studio
 from app.ui.curves import curve_frame, refresh_curve
-from app.ui.data_handlers import NO_PROJECT, refusal
+from app.ui.messages import NO_PROJECT, refusal
 from app.ui.proposal_choices import BASE_CHOICE, proposal_model_choices
 from app.ui.train_jobs import map_table
 

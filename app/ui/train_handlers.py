@@ -26,7 +26,7 @@ from app.store.job_progress import steps_per_second
 from app.store.models import Job
 from app.studio import Studio
 from app.ui.curves import CURVE_TERMS, curve_frame, refresh_curve
-from app.ui.data_handlers import NO_PROJECT, refusal
+from app.ui.messages import NO_PROJECT, refusal
 from app.ui.train_jobs import job_choices, job_outcome, job_rows, progress_html
 from app.ui.train_summary import project_summary
 from sam3_lora.config import ConfigError

@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from app.settings import Settings
 from app.studio import open_studio
 from app.ui import data_handlers as handlers
+from app.ui.messages import REFUSED
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ NO_CHANGE = {"__type__": "update"}  # gr.update() with nothing in it
 def assert_refused(outputs, reason: str) -> None:
     """A refused action: every other output unchanged, the status names the reason."""
     *others, status = outputs if isinstance(outputs, tuple) else (outputs,)
-    assert status.startswith(handlers.REFUSED) and reason in status, status
+    assert status.startswith(REFUSED) and reason in status, status
     assert all(other == NO_CHANGE for other in others), others
 
 

@@ -16,7 +16,7 @@ from app.store.metrics import append_metrics
 from app.store.projects import create_project
 from app.studio import open_studio
 from app.ui import models_handlers as handlers
-from app.ui.data_handlers import REFUSED
+from app.ui.messages import REFUSED
 from app.ui.proposal_choices import BASE_CHOICE
 from sam3_lora.adapter_io import CONFIG_FILE, WEIGHTS_FILE, save_adapter
 from sam3_lora.lora import LoraSettings, apply_lora

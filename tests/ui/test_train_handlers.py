@@ -23,7 +23,7 @@ from app.store.projects import add_concept, create_project, image_page, set_imag
 from app.studio import open_studio
 from app.ui import train_handlers as handlers
 from app.ui.curves import CURVE_TERMS, SERIES
-from app.ui.data_handlers import REFUSED
+from app.ui.messages import REFUSED
 from app.finetune import editable_specs, preset_values
 from sam3_lora.synthetic import write_synthetic_coco
 
