@@ -81,30 +81,30 @@ def create_postgres_database(server_url: str, prefix: str = "studio_test") -> st
     Unique names (prefix + 12 hex digits) let test runs and worker tests share one
     server without ever seeing each other's rows.
     """
-    import sqlalchemy
     from sqlalchemy.engine import make_url
 
     server = make_url(server_url)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.dispose()
+    _run_on_postgres_db(server, f'CREATE DATABASE "{name}"')
     return server.set(database=name).render_as_string(hide_password=False)
 
 
 def drop_postgres_database(url: str) -> None:
     """DROP DATABASE ... WITH (FORCE): closes the connections a killed worker may have left open."""
-    import sqlalchemy
     from sqlalchemy.engine import make_url
 
     database = make_url(url)
-    admin = sqlalchemy.create_engine(database.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    _run_on_postgres_db(database, f'DROP DATABASE IF EXISTS "{database.database}" WITH (FORCE)')
+
+
+def _run_on_postgres_db(server, statement: str) -> None:
+    """Run `statement` outside a transaction on the server's `postgres` database (CREATE/DROP DATABASE)."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database.database}" WITH (FORCE)')
+            connection.exec_driver_sql(statement)
     finally:
         admin.dispose()
 
