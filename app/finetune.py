@@ -162,19 +162,29 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return nested
 
 
-def _with_worker_keys(config: dict, has_val_images: bool) -> dict:
-    """The config as the worker will build it (worker/run_job.build_train_config), for validation."""
-    checked = copy.deepcopy(config)
-    data = checked.setdefault("data", {})
-    for key in ("train_annotations", "train_images", "val_annotations", "val_images"):
-        data.pop(key, None)
-    data.update(train_annotations=WORKER_PLACEHOLDER, train_images=WORKER_PLACEHOLDER)
+def job_train_config(values: dict, data_paths: dict, default_source: str, output_dir: str) -> TrainConfig:
+    """The TrainConfig a job runs (worker/run_job.py builds it this way; the studio validates with it):
+    the frozen job config, its data paths replaced by `data_paths` (val_fraction None there
+    drops the config's val_fraction: the project's val images validate), model.source
+    defaulting to `default_source`, `output_dir`, resume "auto"."""
+    values = copy.deepcopy(values)
+    data = {key: value for key, value in values.get("data", {}).items()
+            if key not in ("train_annotations", "train_images", "val_annotations", "val_images")}
+    data.update(data_paths)
+    if data.get("val_fraction", 0) is None:
+        data.pop("val_fraction")
+    model = dict(values.get("model", {}))
+    model.setdefault("source", default_source)
+    values.update(data=data, model=model, output_dir=output_dir, resume="auto")
+    return TrainConfig.from_dict(values)
+
+
+def _checked(config: dict, has_val_images: bool) -> TrainConfig:
+    """`config` as the worker will run it, with placeholders for what the worker sets."""
+    paths = {"train_annotations": WORKER_PLACEHOLDER, "train_images": WORKER_PLACEHOLDER}
     if has_val_images:
-        data.pop("val_fraction", None)
-        data.update(val_annotations=WORKER_PLACEHOLDER, val_images=WORKER_PLACEHOLDER)
-    checked.setdefault("model", {}).setdefault("source", WORKER_PLACEHOLDER)
-    checked.update(output_dir=WORKER_PLACEHOLDER, resume="auto")
-    return checked
+        paths.update(val_annotations=WORKER_PLACEHOLDER, val_images=WORKER_PLACEHOLDER, val_fraction=None)
+    return job_train_config(config, paths, WORKER_PLACEHOLDER, WORKER_PLACEHOLDER)
 
 
 def _preset(preset: str) -> dict:
@@ -185,7 +195,7 @@ def _preset(preset: str) -> dict:
 
 def preset_values(preset: str) -> dict[str, Any]:
     """{dotted key: value} of every editable key, TrainConfig's defaults filled in (the form's values)."""
-    full = TrainConfig.from_dict(_with_worker_keys(_preset(preset), has_val_images=False)).to_dict()
+    full = _checked(_preset(preset), has_val_images=False).to_dict()
     return {key: value for key, value in flatten(full).items() if key not in WORKER_KEYS}
 
 
@@ -204,7 +214,7 @@ def build_job_config(preset: str, overrides: dict[str, Any], model_source: str,
         values[key] = value
     config = unflatten(values)
     config.setdefault("model", {})["source"] = model_source
-    TrainConfig.from_dict(_with_worker_keys(config, has_val_images))  # unknown keys are named here too
+    _checked(config, has_val_images)  # unknown keys are named here too
     return config
 
 

@@ -32,12 +32,14 @@ from sqlalchemy import Engine
 from sqlmodel import select
 
 from app.settings import Settings, load_settings
+from app.finetune import job_train_config
 from app.store.coco_export import export_coco
+from app.store.dataset_stats import has_val_images
 from app.store.db import make_engine, read_session
 from app.store.jobs import beat, finish_job, get_job, record_adapter, set_checkpoint
 from app.store.media import media_path
 from app.store.metrics import MetricWriter, delete_metrics_after
-from app.store.models import Adapter, Image, Job
+from app.store.models import Adapter, Job
 from sam3_lora.adapter_io import fsync_path
 from sam3_lora.config import TrainConfig
 from sam3_lora.train import TrainResult, train
@@ -62,11 +64,6 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _has_val_images(engine: Engine, project_id: int) -> bool:
-    with read_session(engine) as session:
-        return session.exec(select(Image.id).where(Image.project_id == project_id, Image.split == "val")).first() is not None
-
-
 def export_job_data(engine: Engine, settings: Settings, job: Job) -> dict:
     """Export the job's frozen snapshot once (reused on resume); returns the `data` paths for TrainConfig.
 
@@ -76,7 +73,7 @@ def export_job_data(engine: Engine, settings: Settings, job: Job) -> dict:
     """
     data_dir = job_folder(settings, job.id) / "data"
     train_json, val_json = data_dir / "train" / "annotations.json", data_dir / "val" / "annotations.json"
-    use_val = _has_val_images(engine, job.project_id)
+    use_val = has_val_images(engine, job.project_id)
     if _rank() == 0:
         snapshot = json.loads(job.dataset_snapshot)
         for split, path in (("train", train_json), ("val", val_json)) if use_val else ((None, train_json),):
@@ -99,16 +96,8 @@ def build_train_config(job: Job, settings: Settings, data_paths: dict) -> TrainC
 
     Model source: the config's model.source, else settings.SAM3_MODEL.
     """
-    values = json.loads(job.config_json)
-    data = {key: value for key, value in values.get("data", {}).items()
-            if key not in ("train_annotations", "train_images", "val_annotations", "val_images")}
-    data.update(data_paths)
-    if data.get("val_fraction", 0) is None:
-        data.pop("val_fraction")
-    model = dict(values.get("model", {}))
-    model.setdefault("source", settings.SAM3_MODEL)
-    values.update(data=data, model=model, output_dir=str(job_folder(settings, job.id) / "run"), resume="auto")
-    return TrainConfig.from_dict(values)
+    return job_train_config(json.loads(job.config_json), data_paths, settings.SAM3_MODEL,
+                            str(job_folder(settings, job.id) / "run"))
 
 
 def metric_rows(event: dict, split: str) -> list[dict]:
