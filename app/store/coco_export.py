@@ -22,6 +22,7 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from app.store.dataset_stats import trained_annotations
 from app.store.db import read_session
 from app.store.masks import rle_area, rle_from_json, rle_to_mask
 from app.store.media import media_path, write_atomically
@@ -60,7 +61,7 @@ def dataset_snapshot(engine: Engine, project_id: int) -> list[list[int]]:
     query = (
         select(Annotation.id, Annotation.revision)
         .join(Image, Image.id == Annotation.image_id)
-        .where(Image.project_id == project_id, Annotation.deleted == False, Annotation.source != "model")  # noqa: E712
+        .where(*trained_annotations(project_id))
         .order_by(Annotation.id)
     )
     with read_session(engine) as session:

@@ -46,8 +46,9 @@ class DatasetSummary:
         return sum(concept.instances for concept in self.concepts)
 
 
-def _trained(project_id: int) -> list:
-    """The WHERE of dataset_snapshot: annotations a fine-tune of the project learns from."""
+def trained_annotations(project_id: int) -> list:
+    """WHERE clauses of the annotations a fine-tune of the project learns from (dataset_snapshot
+    and the summary share them): live, and not an unreviewed model proposal."""
     return [Image.project_id == project_id, Annotation.deleted == False, Annotation.source != "model"]  # noqa: E712
 
 
@@ -60,13 +61,13 @@ def dataset_summary(engine: Engine, project_id: int) -> DatasetSummary:
         per_concept = session.exec(
             select(Annotation.concept_id, Image.split, func.count(Annotation.id))
             .join(Image, Image.id == Annotation.image_id)
-            .where(*_trained(project_id))
+            .where(*trained_annotations(project_id))
             .group_by(Annotation.concept_id, Image.split)
         ).all()
         labelled = session.exec(
             select(func.count(func.distinct(Annotation.image_id)))
             .join(Image, Image.id == Annotation.image_id)
-            .where(*_trained(project_id))
+            .where(*trained_annotations(project_id))
         ).one()
         pending = session.exec(
             select(func.count(Annotation.id))
