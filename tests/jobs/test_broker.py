@@ -3,7 +3,6 @@ real worker process started with worker/process.py, running tests.jobs.echo_task
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from functools import partial
 from pathlib import Path
@@ -11,14 +10,16 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from app.store.jobs import create_job, get_job, submit_job
+from app.store.jobs import FINAL_STATES, create_job, get_job, submit_job
 from tests.jobs.conftest import CONFIG, SNAPSHOT, new_store
 from tests.jobs.echo_tasks import ECHO_TASK
+from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
 from worker.celery_app import make_celery, send_train
 from worker.process import start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 60  # a cold worker on two shared cores takes a few seconds to start
+# A cold worker starts in ~4 s on an idle 2-core machine; an echo job takes milliseconds.
+DEADLINE_S = work_deadline_s(start_s=15, units=2, per_unit_s=1.0)
 
 
 @pytest.fixture(scope="module", params=["redis", "embedded"])
@@ -51,19 +52,16 @@ def echo_lines(data_dir: Path, job_id: int) -> list[str]:
     return [line.split()[0] for line in lines if line.split()[1] == str(job_id)]
 
 
-def wait_for(condition, log_path: Path, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {WAIT_S} s; worker log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
+def wait_for(condition, log_path: Path, what: str, engine, job_id: int) -> None:
+    wait_until(condition, what, DEADLINE_S, lambda: f"{job_rows(engine, [job_id])}\n{log_tails([log_path])}")
 
 
 def test_a_sent_job_reaches_succeeded(broker):
     engine, project_id, send, data_dir, log_path = broker
     job = submit_job(engine, project_id, CONFIG, SNAPSHOT, send)
     assert job.enqueued_at is not None
-    wait_for(lambda: get_job(engine, job.id).state == "succeeded", log_path, f"job {job.id} did not succeed")
+    wait_for(lambda: get_job(engine, job.id).state == "succeeded", log_path, f"job {job.id} did not succeed",
+             engine, job.id)
     done = get_job(engine, job.id)
     assert (done.attempt, done.step, done.total_steps) == (1, 1, 1)
     assert done.worker.startswith("train-")
@@ -75,7 +73,9 @@ def test_a_duplicate_delivery_leaves_exactly_one_claim(broker):
     job = create_job(engine, project_id, CONFIG, SNAPSHOT)
     send(job.id)
     send(job.id)
-    wait_for(lambda: len(echo_lines(data_dir, job.id)) == 2, log_path, f"both copies of job {job.id} were not run")
+    wait_for(lambda: len(echo_lines(data_dir, job.id)) == 2, log_path, f"both copies of job {job.id} were not run",
+             engine, job.id)
+    wait_for(lambda: get_job(engine, job.id).state in FINAL_STATES, log_path, f"job {job.id} did not finish", engine, job.id)
     assert sorted(echo_lines(data_dir, job.id)) == ["claimed", "duplicate"]
     done = get_job(engine, job.id)
     assert (done.state, done.attempt) == ("succeeded", 1)

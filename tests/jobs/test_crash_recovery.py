@@ -19,6 +19,7 @@ from app.store.jobs import FINAL_STATES, submit_job
 from app.store.metrics import read_metrics
 from tests.jobs.test_train_task import (adapters_of, job_config, job_row, launch_worker, new_project, own_redis_db,
                                         sender, wait_for)
+from tests.waiting import work_deadline_s
 from worker.process import stop_worker
 
 STALE_AFTER_S = "3"  # the new worker's start sweep treats a 3 s old heartbeat as a lost worker
@@ -53,7 +54,7 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint(broker, request, tmp_
         os.kill(first.pid, signal.SIGKILL)  # the worker only: its child must die with it
         first.wait(timeout=10)
         wait_for(lambda: not any(_alive(pid) for pid in children), settings, "the training child outlived its worker",
-                 timeout_s=10)
+                 timeout_s=work_deadline_s(3))
         killed = job_row(engine, job.id)
         assert killed.state == "running" and killed.step < 30
         checkpoint_step = int(killed.checkpoint_path.rsplit("step", 1)[1].split(".")[0])

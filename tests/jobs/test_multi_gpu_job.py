@@ -31,7 +31,8 @@ from app.store.metrics import read_metrics
 from sam3_lora.tiny import build_tiny_tokenizer
 from sam3_lora.train_data import build_train_data
 from tests.conftest import DEFAULT_POSTGRES_URL
-from tests.jobs.test_train_task import adapters_of, job_config, job_row, logs, new_project, wait_for, worker_env
+from tests.jobs.test_train_task import (adapters_of, job_config, job_deadline_s, job_row, logs, new_project,
+                                        wait_for, worker_env)
 from tests.services import fresh_postgres_database, postgres_answers
 from worker.celery_app import make_celery, send_train
 from worker.process import start_worker, stop_worker
@@ -39,7 +40,6 @@ from worker.run_job import build_train_config, export_job_data
 
 WORLD_SIZE = 2
 MAX_STEPS = 6  # past the end of the first epoch, so the second epoch's shards count too
-WAIT_S = 300  # two gloo ranks of the tiny SAM3 on two shared cores
 
 
 def expected_num_boxes(settings: Settings, engine, job_id: int, steps: int) -> tuple[list[float], list[float]]:
@@ -89,7 +89,7 @@ def test_a_two_process_job_trains_once_through_the_worker(database_url, redis_ur
         config = {**job_config(tiny_model_dir, max_steps=MAX_STEPS, checkpoint_every=3), "gpus": WORLD_SIZE}
         job = submit_job(engine, project_id, config, snapshot, send)
         done = wait_for(lambda: (row := job_row(engine, job.id)).state in FINAL_STATES and row, settings,
-                        f"job {job.id} did not finish", timeout_s=WAIT_S)
+                        f"job {job.id} did not finish", timeout_s=2 * job_deadline_s(MAX_STEPS))  # torchrun and two ranks: twice the start-up
         assert (done.state, done.error, done.attempt, done.step) == ("succeeded", "", 1, MAX_STEPS), logs(settings)
         # The row is final before torchrun has reaped its ranks; stopping the worker now would
         # signal its whole process group, torchrun included. Wait for the task to return.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -30,12 +29,16 @@ from app.store.metrics import read_metrics
 from app.store.models import Adapter, Job
 from app.store.projects import add_concept, create_project
 from sam3_lora.synthetic import write_synthetic_coco
+from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
 from transformers import Sam3Model
 from worker.celery_app import make_celery, send_train
 from worker.process import start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 120  # cold worker + child on two shared cores
+# Measured on an idle 2-core machine: a cold worker plus its training child importing torch and
+# transformers take ~8 s before step 1; a tiny-SAM3 step with its row writes ~0.2 s.
+WORKER_START_S = 20
+STEP_S = 0.5
 NUM_IMAGES = 10
 TEST_REDIS_DB = 7  # our own database: other test runs on the same Redis use the "train" queue name too
 
@@ -92,20 +95,25 @@ def sender(settings: Settings, redis_url: str):
 
 
 def logs(settings: Settings) -> str:
-    texts = [f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
-             for path in sorted(settings.DATA_DIR.glob("*.log")) + sorted(settings.DATA_DIR.glob("jobs/*/*.log"))]
-    return "\n".join(texts)
+    return log_tails(sorted(settings.DATA_DIR.glob("*.log")) + sorted(settings.DATA_DIR.glob("jobs/*/*.log")))
 
 
-def wait_for(condition, settings: Settings, what: str, timeout_s: float = WAIT_S):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout_s} s; logs:\n{logs(settings)}")
-        time.sleep(0.1)
+def job_deadline_s(steps: int = 24) -> float:
+    """How long a job of `steps` tiny-SAM3 steps may take from a cold worker (tests/waiting.py)."""
+    return work_deadline_s(WORKER_START_S, steps, STEP_S)
+
+
+def wait_for(condition, settings: Settings, what: str, timeout_s: float | None = None):
+    """Wait on a worker (default deadline: a 24-step job); on failure show every job row and the logs."""
+    def evidence() -> str:
+        engine = make_engine(settings.database_url)
+        try:
+            with read_session(engine) as session:
+                job_ids = list(session.exec(select(Job.id)))
+            return f"{job_rows(engine, job_ids)}\nlogs:\n{logs(settings)}"
+        finally:
+            engine.dispose()
+    return wait_until(condition, what, job_deadline_s() if timeout_s is None else timeout_s, evidence)
 
 
 def adapters_of(engine: Engine, job_id: int) -> list[Adapter]:

@@ -10,7 +10,6 @@ both workers ran jobs.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections import Counter
 from contextlib import ExitStack
@@ -22,16 +21,20 @@ from sqlmodel import SQLModel
 
 from app.settings import Settings
 from app.store.db import make_engine
-from app.store.jobs import create_job, get_job
+from app.store.jobs import FINAL_STATES, create_job, get_job
 from tests.jobs.conftest import CONFIG, SNAPSHOT, add_project
 from tests.jobs.slow_echo_tasks import SLOW_ECHO_TASK
 from tests.services import fresh_postgres_database
+from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
 from worker.celery_app import make_celery, send_train
 from worker.process import start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_JOBS = 8
-WAIT_S = 90  # two cold workers on two shared cores
+SLOW_ECHO_S = 0.5
+# Two cold workers start in ~8 s on an idle 2-core machine; then each job holds a worker SLOW_ECHO_S
+# plus its claim and finish (~0.1 s), the duplicate copy ~0.1 s.
+DEADLINE_S = work_deadline_s(start_s=20, units=NUM_JOBS, per_unit_s=SLOW_ECHO_S + 0.3)
 
 
 def _database_url(stack: ExitStack, database: str, data_dir: Path, request) -> str:
@@ -40,13 +43,9 @@ def _database_url(stack: ExitStack, database: str, data_dir: Path, request) -> s
     return stack.enter_context(fresh_postgres_database(request.getfixturevalue("postgres_url")))
 
 
-def _wait_for(condition, data_dir: Path, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(data_dir.glob("*.log")))
-            pytest.fail(f"{what} within {WAIT_S} s; logs:\n{logs}")
-        time.sleep(0.1)
+def _wait_for(condition, data_dir: Path, what: str, engine=None, job_ids=()) -> None:
+    wait_until(condition, what, DEADLINE_S,
+               lambda: f"{job_rows(engine, job_ids) if engine else ''}\nlogs:\n{log_tails(sorted(data_dir.glob('*.log')))}")
 
 
 def _echo_lines(data_dir: Path) -> list[tuple[str, int, str]]:
@@ -66,7 +65,7 @@ def test_two_workers_share_the_queue_and_run_each_job_once(database, redis_url, 
         SQLModel.metadata.create_all(engine)  # SQLite: the tables; PostgreSQL: already migrated, a no-op
         queue = f"test-two-workers-{uuid.uuid4().hex[:8]}"  # a shared Redis may serve other runs
         env = {"REDIS_URL": redis_url, "DATABASE_URL": url, "CELERY_EXTRA_TASK_MODULES": "tests.jobs.slow_echo_tasks",
-               "SLOW_ECHO_S": "0.5",
+               "SLOW_ECHO_S": str(SLOW_ECHO_S),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))}
         logs = [data_dir / f"worker-{i}.log" for i in range(2)]
         for log in logs:
@@ -81,7 +80,11 @@ def test_two_workers_share_the_queue_and_run_each_job_once(database, redis_url, 
         for job_id in job_ids:
             send(job_id)
             send(job_id)  # a duplicate delivery, right behind the first copy
-        _wait_for(lambda: len(_echo_lines(data_dir)) == 2 * NUM_JOBS, data_dir, "not every copy was run")
+        _wait_for(lambda: len(_echo_lines(data_dir)) == 2 * NUM_JOBS, data_dir, "not every copy was run",
+                  engine, job_ids)
+        # A "claimed" line is written before the job's work: wait for the rows to finish too.
+        _wait_for(lambda: all(get_job(engine, job_id).state in FINAL_STATES for job_id in job_ids), data_dir,
+                  "not every job finished", engine, job_ids)
 
         lines = _echo_lines(data_dir)
         assert Counter((outcome, job_id) for outcome, job_id, _ in lines) == Counter(

@@ -1,15 +1,26 @@
 """The training engine learns: on CPU, the tiny SAM3 fine-tuned on a synthetic set.
 
 Claims, all from one run of `train(cfg, on_event)` (module fixture):
-- the training loss falls >= 3x: mean of the first logged window (steps 1-10)
-  over the mean of the last (steps 491-500);
-- val segm mAP after training is above the base model's (eval_before vs eval_after);
+- the training loss falls >= 2.5x: mean of the first logged window (steps 1-10)
+  over the mean of the last five (steps 451-500);
+- val segm mAP after training is above the base model's by > 0.1 (eval_before vs eval_after);
 - the adapter loads with plain `PeftModel.from_pretrained(Sam3Model.from_pretrained(tiny),
   adapter)` and `evaluate` on it gives the same segm / bbox mAP as the run reported;
 - the events come in the documented order with the documented keys.
 
-Recipe, and why (measured on 2 cores; loss ratio 3.9-4.2 over model seeds 0-2 and 1-2
-threads, segm mAP 0 -> 0.08-0.41; ~25 s of training):
+The run is not bit-identical across machines: the thread count and the CPU's vector
+kernels (AVX-512, AVX2, none) round differently, and training amplifies the difference.
+Measured with the old recipe (lr 5e-3, no warmup) on one machine by varying only those:
+the loss ratio ranged 2.67-3.93 (another machine saw 1.67 and failed). So each claim is
+checked against its spread over perturbed runs (ATEN_CPU_CAPABILITY default / AVX2 /
+AVX512, 1 and 2 threads, tiny-model seeds 0-2), and the thresholds sit at half or less
+of the worst run:
+- loss ratio (first window over the mean of the last five) 5.6-6.0, asserted >= 2.5;
+- final dice / first dice 0.07-0.09 and presence / first presence < 1e-3, asserted < 0.5;
+- val loss after / before 0.16-0.19, asserted < 0.5; val segm mAP 0 -> 0.28-0.45,
+  asserted to rise by > 0.1.
+
+Recipe, and why (~35 s of training on 2 cores):
 - One concept ("circle"), one instance per image, 120 images at 112 px, no
   augmentation: the smallest task that still has every loss term and negatives
   (the ~1/8 empty images give presence targets of 0). With three concepts a tiny
@@ -22,9 +33,11 @@ threads, segm mAP 0 -> 0.08-0.41; ~25 s of training):
 - The "full" preset (LoRA also on the ViT), rank 16 = half the tiny width 32: the
   random ViT features must adapt; with the decoder preset presence stays at the
   base rate (0.37 nats) and masks stall at dice ~0.3.
-- lr 5e-3, no warmup, cosine, 500 steps of batch 4: at 1e-2 the presence and query
-  logits overshoot into SAM3's clamps (+-10 / +-12), where their gradient is zero,
-  and some negatives stay stuck at "present" for good.
+- lr 2e-3 after 25 warmup steps, cosine, 500 steps of batch 4. At 5e-3 without warmup
+  the first steps overshoot: presence and query logits reach SAM3's clamps (+-10 /
+  +-12), where their gradient is zero, and whether a negative stays stuck at "present"
+  depends on rounding (the 1.67x machine). Warmup and the lower peak keep every
+  perturbed run on one path (spread above).
 - SAM3's loss weights and its points-mode mask loss, unchanged.
 """
 from __future__ import annotations
@@ -46,6 +59,7 @@ from sam3_lora.train import TrainResult, train
 
 STEPS = 500
 LOG_EVERY = 10
+LR, WARMUP = 2e-3, 25
 VAL_FRACTION = 0.2
 
 
@@ -62,8 +76,8 @@ def run(tmp_path_factory) -> dict:
         "data": {"train_annotations": str(annotations), "train_images": str(root / "data" / "images"),
                  "val_fraction": VAL_FRACTION, "batch_size": 4, "negatives_per_image": 1,
                  "augment": {"hflip_prob": 0.0, "scale_jitter": [1.0, 1.0]}},
-        "optim": {"lr": 5e-3, "weight_decay": 0.0},
-        "schedule": {"max_steps": STEPS, "warmup_steps": 0, "decay": "cosine"},
+        "optim": {"lr": LR, "weight_decay": 0.0},
+        "schedule": {"max_steps": STEPS, "warmup_steps": WARMUP, "decay": "cosine"},
         "device": "cpu", "precision": "fp32", "seed": 0,
         "eval_every": 0, "checkpoint_every": 0, "log_every": LOG_EVERY, "output_dir": str(root / "run"),
     })
@@ -72,11 +86,11 @@ def run(tmp_path_factory) -> dict:
     return {"cfg": cfg, "result": result, "events": events, "tiny_dir": tiny_dir, "annotations": annotations}
 
 
-def test_loss_falls_at_least_threefold(run):
+def test_loss_falls_at_least_2_5_fold(run):
     steps = [event for event in run["result"].history if event["type"] == "step"]
     assert [event["step"] for event in steps] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
-    first, last = steps[0]["loss"], steps[-1]["loss"]
-    assert first / last >= 3.0, f"loss {first:.2f} -> {last:.2f} fell only {first / last:.2f}x"
+    first, last = steps[0]["loss"], sum(event["loss"] for event in steps[-5:]) / 5
+    assert first / last >= 2.5, f"loss {first:.2f} -> {last:.2f} fell only {first / last:.2f}x"
     # Not one term carrying the total: masks and presence learn too.
     assert steps[-1]["loss_dice"] < 0.5 * steps[0]["loss_dice"]
     assert steps[-1]["loss_presence"] < 0.5 * steps[0]["loss_presence"]
@@ -86,7 +100,7 @@ def test_val_segm_map_rises_above_the_base_model(run):
     result: TrainResult = run["result"]
     before, after = result.eval_before, result.eval_after
     assert before["split"] == after["split"] == "val" and before["images"] == after["images"] > 0
-    assert after["segm_mAP"] > before["segm_mAP"] + 0.02, (before["segm_mAP"], after["segm_mAP"])
+    assert after["segm_mAP"] > before["segm_mAP"] + 0.1, (before["segm_mAP"], after["segm_mAP"])
     assert after["loss"] < before["loss"] / 2  # the val loss falls too: not memorised
     assert set(after["per_concept"]) == {"circle"}
 
@@ -120,7 +134,7 @@ def test_events_follow_the_documented_protocol(run):
     for key in ("epoch", "lr", "num_boxes", "images_per_s", "grad_norm", "loss", "loss_bbox", "loss_giou",
                 "loss_ce", "loss_presence", "loss_mask", "loss_dice", "loss_bbox_0", "weighted/loss_ce"):
         assert key in step, key
-    assert step["lr"] == pytest.approx(5e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * LOG_EVERY / STEPS)).item()))
+    assert step["lr"] == pytest.approx(LR * LOG_EVERY / WARMUP)  # the first logged step is in the warmup
 
 
 def test_final_checkpoint_is_plain_and_holds_the_run(run):
