@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.jobs.lifecycle import create_job
+from app.jobs.metrics import append_metrics
 from app.settings import Settings
 from app.store import projects
 from app.store.coco_export import dataset_snapshot
-from app.store.jobs import create_job
-from app.store.metrics import append_metrics
 from app.store.uploads import ingest_files
 from app.studio import open_studio
 from app.ui import annotate_edits, annotate_navigation, annotate_proposals, train_handlers

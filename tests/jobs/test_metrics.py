@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from app.store.jobs import create_job
-from app.store.metrics import MetricWriter, append_metrics, delete_metrics_after, read_metrics
+from app.jobs.lifecycle import create_job
+from app.jobs.metrics import MetricWriter, append_metrics, delete_metrics_after, read_metrics
 from tests.jobs.conftest import CONFIG, SNAPSHOT
 
 

@@ -9,10 +9,10 @@ import pytest
 from peft import PeftModel
 from transformers import Sam3Model
 
+from app.jobs.lifecycle import claim_job, create_job, finish_job, record_adapter
+from app.jobs.metrics import append_metrics
 from app.settings import Settings
 from app.store.adapters import adapter_folder, get_adapter
-from app.store.jobs import claim_job, create_job, finish_job, record_adapter
-from app.store.metrics import append_metrics
 from app.store.projects import create_project
 from app.studio import open_studio
 from app.ui import models_handlers as handlers

@@ -10,21 +10,22 @@ import pandas as pd
 import pytest
 from sqlalchemy import update
 
+from app.jobs.lifecycle import beat, claim_job, finish_job, get_job, record_adapter
+from app.jobs.metrics import append_metrics
+from app.jobs.recipe import preset_values
 from app.settings import Settings
 from app.store.annotations import save_annotation
 from app.store.coco_export import dataset_snapshot
 from app.store.coco_import import import_coco
 from app.store.dataset_stats import dataset_summary
 from app.store.db import write_session
-from app.store.jobs import beat, claim_job, finish_job, get_job, record_adapter
-from app.store.metrics import append_metrics
 from app.store.models import Job, Metric
 from app.store.projects import add_concept, create_project, image_page, set_image_split
 from app.studio import open_studio
 from app.ui import train_handlers as handlers
 from app.ui.curves import CURVE_TERMS, SERIES
 from app.ui.messages import REFUSED
-from app.finetune import editable_specs, preset_values
+from app.ui.train_form import editable_specs
 from sam3_lora.synthetic import write_synthetic_coco
 
 VIEW = {name: index for index, name in enumerate(handlers.VIEW_OUTPUTS)}
