@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from app.jobs.queue import WORKER_APP, make_celery, send_train
+from app.jobs.queue import TRAIN_QUEUE, WORKER_APP, make_celery, send_train
 from app.jobs.sweep import SWEEP_INTERVAL_S, start_sweeper
 from app.settings import Settings
 
@@ -55,7 +55,7 @@ def stop_with_parent() -> None:
     _set_parent_death_signal(signal.SIGTERM)
 
 
-def worker_command(queues: str = "train", node_name: str | None = None) -> list[str]:
+def worker_command(queues: str = TRAIN_QUEUE, node_name: str | None = None) -> list[str]:
     """The argv of one solo worker consuming `queues` (comma-separated)."""
     node_name = node_name or f"train-{uuid.uuid4().hex[:8]}@%h"
     return [
@@ -65,7 +65,7 @@ def worker_command(queues: str = "train", node_name: str | None = None) -> list[
     ]
 
 
-def start_worker(env: dict[str, str], data_dir: str | Path, queues: str = "train",
+def start_worker(env: dict[str, str], data_dir: str | Path, queues: str = TRAIN_QUEUE,
                  log_path: str | Path | None = None) -> subprocess.Popen:
     """Launch a worker with this process's environment updated by `env` and DATA_DIR=data_dir.
 
