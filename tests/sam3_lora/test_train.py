@@ -51,7 +51,8 @@ from transformers import AutoTokenizer, Sam3Model
 
 from sam3_lora.checkpoint import latest_checkpoint, load_checkpoint
 from sam3_lora.config import TrainConfig
-from sam3_lora.data import load_coco, split_image_ids
+from sam3_lora.coco import load_coco
+from sam3_lora.data import split_image_ids
 from sam3_lora.evaluate import evaluate
 from sam3_lora.synthetic import write_synthetic_coco
 from sam3_lora.tiny import save_tiny_sam3
