@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sam3_lora.losses import build_criterion, compute_num_boxes
+from sam3_lora.losses import LossWeights, build_criterion, compute_num_boxes
 
 LN2 = math.log(2)
 
@@ -71,8 +71,7 @@ def test_presence_is_half_the_bce_averaged_over_find_queries():
     targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]).repeat(count, 1)} for count in counts]
     outputs = {"pred_logits": torch.zeros(5, 3), "pred_boxes": torch.full((5, 3, 4), 0.4),
                "presence_logits": presence, "aux_outputs": []}
-    criterion = build_criterion(mask_mode="full", weights=None)
-    criterion.weights.update(loss_mask=0.0, loss_dice=0.0)  # no masks in this case
+    criterion = build_criterion(LossWeights(mask=0.0, dice=0.0))  # no masks in this case
     result = criterion(outputs, targets, compute_num_boxes(targets, "cpu"))
     has_object = torch.tensor([[1.0], [0.0], [1.0], [0.0], [1.0]])
     bce = F.binary_cross_entropy_with_logits(presence, has_object)  # mean over the 5 find-queries
