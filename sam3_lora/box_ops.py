@@ -30,12 +30,6 @@ def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     )
 
 
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """[...,4] (x0, y0, x1, y1) -> [...,4] ((x0 + x1)/2, (y0 + y1)/2, x1 - x0, y1 - y0)."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
 def box_area(boxes_xyxy: torch.Tensor) -> torch.Tensor:
     """[...,4] xyxy -> [...] area = (x1 - x0) * (y1 - y0)."""
     return (boxes_xyxy[..., 2] - boxes_xyxy[..., 0]) * (boxes_xyxy[..., 3] - boxes_xyxy[..., 1])

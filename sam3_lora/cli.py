@@ -85,7 +85,7 @@ def _with_override(cfg: TrainConfig, override: str) -> TrainConfig:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sam3_lora.data import load_coco
+    from sam3_lora.coco import load_coco
     from sam3_lora.evaluate import evaluate
     from sam3_lora.predict import load_predictor
 

@@ -1,8 +1,9 @@
 """Image preprocessing as the HF Sam3Processor does it, without torchvision.
 
 pixel = (resize_bilinear(image, S x S) / 255 - 0.5) / 0.5, aspect ratio not kept
-(S = 1008 for the real SAM3). Masks go to S x S with nearest-exact so they stay
-binary; boxes are kept normalised to 0..1, so resizing does not change them.
+(S = 1008 for the real SAM3). Training masks follow the image to S x S in
+sam3_lora.coco (nearest, at pixel centres); boxes are normalised to 0..1, so
+resizing does not change them.
 """
 from __future__ import annotations
 
@@ -35,17 +36,3 @@ def normalize_pixels(pixels: torch.Tensor, size: int) -> torch.Tensor:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
     x = (x / 255.0 - MEAN) / STD
     return x if batched else x[0]
-
-
-def preprocess_image(image: Image.Image | np.ndarray, size: int) -> torch.Tensor:
-    """Image -> pixel_values [3,size,size] float32 for Sam3Model."""
-    return normalize_pixels(image_to_tensor(image), size)
-
-
-def resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
-    """Binary masks [T,H,W] -> [T,size,size] float (nearest); T may be 0."""
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, size, size), dtype=torch.float32)
-    # nearest-exact samples pixel centres like the bilinear image resize; plain
-    # "nearest" shifts masks by up to half a source pixel against the image.
-    return F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0]

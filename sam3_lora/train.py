@@ -17,6 +17,7 @@ Only rank 0 emits events and writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -37,10 +38,10 @@ from sam3_lora.checkpoint import (capture_rng_state, checkpoint_path, load_check
 from sam3_lora.config import TrainConfig, resolve_device, resolve_precision
 from sam3_lora.layer_outputs import forward_with_layer_outputs
 from sam3_lora.lora import LoraSettings, apply_lora, trainable_parameter_counts
-from sam3_lora.losses import LossWeights, build_criterion, compute_num_boxes, compute_num_find_queries
+from sam3_lora.losses import SetCriterion, build_criterion, compute_num_boxes, compute_num_find_queries
 from sam3_lora.model import load_sam3, model_image_size
 from sam3_lora.schedule import build_scheduler, total_optimizer_steps
-from sam3_lora.train_data import build_train_data, step_batches
+from sam3_lora.train_data import TrainData, build_train_data, step_batches
 from sam3_lora.train_eval import run_evaluation
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,40 @@ def train(cfg: TrainConfig, on_event: EventHandler | None = None) -> TrainResult
             torch.distributed.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, built once by `_set_up`."""
+
+    cfg: TrainConfig
+    on_event: EventHandler | None
+    device: torch.device
+    dtype: torch.dtype
+    checkpoints: Path
+    tokenizer: object
+    data: TrainData
+    model: torch.nn.Module  # the PEFT model: checkpoints and the adapter are its LoRA weights
+    wrapped: torch.nn.Module  # what runs forward: DDP around `model` under torchrun, else `model`
+    criterion: SetCriterion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    total_steps: int
+    result: TrainResult
+
+
 def _train_on(cfg: TrainConfig, on_event: EventHandler | None, device: torch.device) -> TrainResult:
+    """Set up, resume if asked, evaluate the base model, train, finish (evaluate, checkpoint, adapter)."""
+    run = _set_up(cfg, on_event, device)
+    resume_from = resolve_resume(cfg.resume, run.checkpoints)
+    start_step, position = (0, (0, 0)) if resume_from is None else _resume(run, resume_from)
+    stop = _start(run, start_step)
+    step, position, stop = _loop(run, start_step, position, stop)
+    _finish(run, step, position, stop, saved_already=resume_from is not None and step == start_step)
+    return run.result
+
+
+def _set_up(cfg: TrainConfig, on_event: EventHandler | None, device: torch.device) -> _Run:
+    """Seed every RNG, load SAM3, build the data, LoRA, criterion, optimiser, schedule and scaler."""
     dtype = resolve_precision(cfg.precision, device)
     output_dir = Path(cfg.output_dir)
     checkpoints = output_dir / "checkpoints"
@@ -141,85 +175,107 @@ def _train_on(cfg: TrainConfig, on_event: EventHandler | None, device: torch.dev
     wrapped = model
     if dist.is_distributed():
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = build_criterion(LossWeights(bbox=cfg.loss.bbox, giou=cfg.loss.giou, ce=cfg.loss.ce,
-                                            presence=cfg.loss.presence, mask=cfg.loss.mask, dice=cfg.loss.dice),
-                                mask_mode=cfg.loss.mask_mode, num_points=cfg.loss.num_points or 1)
+    criterion = build_criterion(cfg.loss, mask_mode=cfg.loss.mask_mode, num_points=cfg.loss.num_points or 1,
+                                pos_weight=cfg.loss.pos_weight, scale_by_find_batch_size=cfg.loss.scale_by_find_batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     total_steps = total_optimizer_steps(cfg.schedule.epochs, cfg.schedule.max_steps, data.batches_per_epoch,
                                         cfg.optim.grad_accumulation)
     scheduler = build_scheduler(optimizer, total_steps, cfg.schedule.warmup_steps, cfg.schedule.decay)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    start_step, position = 0, (0, 0)
     result = TrainResult(adapter_dir=output_dir / "adapter", steps=0, stopped=False, dataset=data.summary)
-    resume_from = resolve_resume(cfg.resume, checkpoints)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        set_peft_model_state_dict(model, state["lora"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        start_step, position = state["step"], (state["epoch"], state["batch_in_epoch"])
-        result.history, result.eval_before = list(state["history"]), state["eval_before"]
-        log.info("resumed from %s at step %d", resume_from, start_step)
+    return _Run(cfg, on_event, device, dtype, checkpoints, tokenizer, data, model, wrapped, criterion, optimizer,
+                scheduler, scaler, total_steps, result)
 
-    stop = _emit(on_event, {"type": "start", "total_steps": total_steps, "start_step": start_step,
-                            "dataset": data.summary, "parameters": trainable_parameter_counts(model)})
-    if start_step == 0 and data.val is not None and not stop:
-        result.eval_before = run_evaluation(wrapped, criterion, data, tokenizer, device, dtype, step=0, with_map=True)
-        stop = _emit(on_event, {"type": "eval", "step": 0, **result.eval_before})
 
-    def save_state(step: int, position: tuple[int, int]) -> None:
-        path = checkpoint_path(checkpoints, step)
-        if dist.is_main_process():
-            save_checkpoint(path, {
-                "step": step, "epoch": position[0], "batch_in_epoch": position[1],
-                "lora": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng_state(),
-                "history": result.history, "eval_before": result.eval_before, "config": cfg.to_dict()})
-            remove_old_checkpoints(checkpoints, keep=KEEP_CHECKPOINTS)
-        # Every rank emits: _emit all-reduces, and a collective on rank 0 alone would pair
-        # with the next step's num_boxes all_reduce on the other ranks.
-        _emit(on_event, {"type": "checkpoint", "step": step, "path": str(path)})
+def _resume(run: _Run, path: Path) -> tuple[int, tuple[int, int]]:
+    """Restore LoRA weights, optimiser, schedule, scaler, RNGs and history; (step, (epoch, batch_in_epoch))."""
+    state = load_checkpoint(path, map_location=run.device)
+    set_peft_model_state_dict(run.model, state["lora"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    run.result.history, run.result.eval_before = list(state["history"]), state["eval_before"]
+    log.info("resumed from %s at step %d", path, state["step"])
+    return state["step"], (state["epoch"], state["batch_in_epoch"])
 
+
+def _start(run: _Run, start_step: int) -> bool:
+    """Emit "start" and, on a fresh run with validation data, evaluate the base model; True = stop asked."""
+    stop = _emit(run.on_event, {"type": "start", "total_steps": run.total_steps, "start_step": start_step,
+                                "dataset": run.data.summary, "parameters": trainable_parameter_counts(run.model)})
+    if start_step == 0 and run.data.val is not None and not stop:
+        run.result.eval_before = _evaluate(run, step=0, with_map=True)
+        stop = _emit(run.on_event, {"type": "eval", "step": 0, **run.result.eval_before})
+    return stop
+
+
+def _loop(run: _Run, step: int, position: tuple[int, int], stop: bool) -> tuple[int, tuple[int, int], bool]:
+    """Optimiser steps until total_steps or a stop; logs, evaluates and checkpoints on their cadence.
+
+    Returns (step, position after it, stopped).
+    """
+    cfg, data = run.cfg, run.data
     window: list[dict] = []
-    step = start_step
     batches = step_batches(data, cfg.optim.grad_accumulation, position)
-    while step < total_steps and not stop:
+    while step < run.total_steps and not stop:
         micro_batches, position = next(batches)
         started = time.perf_counter()
-        terms = train_step(wrapped, criterion, optimizer, scaler, micro_batches, device, dtype, cfg.optim.grad_clip, step + 1)
-        scheduler.step()
+        terms = train_step(run.wrapped, run.criterion, run.optimizer, run.scaler, micro_batches, run.device,
+                           run.dtype, cfg.optim.grad_clip, step + 1)
+        run.scheduler.step()
         step += 1
         images = sum(len(b["targets"]) for b in micro_batches) * dist.world_size()
         window.append({**terms, "images_per_s": images / max(time.perf_counter() - started, 1e-9)})
         epoch = position[0] + position[1] / max(data.batches_per_epoch, 1)
-        stop = _emit(on_event, {"type": "progress", "step": step, "total_steps": total_steps, "epoch": epoch})
-        if step % cfg.log_every == 0 or step == total_steps or stop:
-            event = {"type": "step", "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+        stop = _emit(run.on_event, {"type": "progress", "step": step, "total_steps": run.total_steps, "epoch": epoch})
+        if step % cfg.log_every == 0 or step == run.total_steps or stop:
+            event = {"type": "step", "step": step, "epoch": epoch, "lr": run.scheduler.get_last_lr()[0],
                      **{name: sum(w[name] for w in window) / len(window) for name in window[0]}}
             window = []
-            result.history.append(event)
-            stop = _emit(on_event, event) or stop
-        if data.val is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
-            evaluation = run_evaluation(wrapped, criterion, data, tokenizer, device, dtype, step, with_map=False)
-            result.history.append({"type": "eval", "step": step, **evaluation})
-            stop = _emit(on_event, result.history[-1]) or stop
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-            save_state(step, position)
+            run.result.history.append(event)
+            stop = _emit(run.on_event, event) or stop
+        if data.val is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < run.total_steps:
+            run.result.history.append({"type": "eval", "step": step, **_evaluate(run, step, with_map=False)})
+            stop = _emit(run.on_event, run.result.history[-1]) or stop
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total_steps:
+            _save_state(run, step, position)
+    return step, position, stop
 
-    if data.val is not None and not stop:
-        result.eval_after = run_evaluation(wrapped, criterion, data, tokenizer, device, dtype, step, with_map=True)
+
+def _finish(run: _Run, step: int, position: tuple[int, int], stop: bool, saved_already: bool) -> None:
+    """Evaluate the adapter (unless stopped), write the last checkpoint (unless a resume took no step,
+    so the one it resumed from is it) and the adapter, emit "end"."""
+    result = run.result
+    if run.data.val is not None and not stop:
+        result.eval_after = _evaluate(run, step, with_map=True)
         result.history.append({"type": "eval", "step": step, **result.eval_after})
-        _emit(on_event, result.history[-1])
-    if step > start_step or resume_from is None:
-        save_state(step, position)
+        _emit(run.on_event, result.history[-1])
+    if not saved_already:
+        _save_state(run, step, position)
     if dist.is_main_process():
-        save_adapter(model, result.adapter_dir)
+        save_adapter(run.model, result.adapter_dir)
     result.steps, result.stopped = step, stop
-    _emit(on_event, {"type": "end", "step": step, "stopped": stop, "adapter_dir": str(result.adapter_dir)})
-    return result
+    _emit(run.on_event, {"type": "end", "step": step, "stopped": stop, "adapter_dir": str(result.adapter_dir)})
+
+
+def _evaluate(run: _Run, step: int, with_map: bool) -> dict:
+    return run_evaluation(run.wrapped, run.criterion, run.data, run.tokenizer, run.device, run.dtype, step, with_map)
+
+
+def _save_state(run: _Run, step: int, position: tuple[int, int]) -> None:
+    """Checkpoint (rank 0 writes it) and a "checkpoint" event."""
+    path = checkpoint_path(run.checkpoints, step)
+    if dist.is_main_process():
+        save_checkpoint(path, {
+            "step": step, "epoch": position[0], "batch_in_epoch": position[1],
+            "lora": get_peft_model_state_dict(run.model), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": capture_rng_state(),
+            "history": run.result.history, "eval_before": run.result.eval_before, "config": run.cfg.to_dict()})
+        remove_old_checkpoints(run.checkpoints, keep=KEEP_CHECKPOINTS)
+    # Every rank emits: _emit all-reduces, and a collective on rank 0 alone would pair
+    # with the next step's num_boxes all_reduce on the other ranks.
+    _emit(run.on_event, {"type": "checkpoint", "step": step, "path": str(path)})
 
 
 def train_step(model, criterion, optimizer, scaler, micro_batches: list[dict], device: torch.device,
@@ -238,7 +294,7 @@ def train_step(model, criterion, optimizer, scaler, micro_batches: list[dict], d
     for index, batch in enumerate(micro_batches):
         targets = [_target_to(t, device) for t in batch["targets"]]
         last = index == len(micro_batches) - 1
-        sync = model.no_sync() if hasattr(model, "no_sync") and not last else _nullcontext()
+        sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
         with sync:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 outputs = forward_with_layer_outputs(model, batch["pixel_values"].to(device),
@@ -286,11 +342,3 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
 
 def _target_to(target: dict, device: torch.device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in target.items()}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -16,8 +16,8 @@ from pycocotools.coco import COCO
 
 from sam3_lora.augment import AugmentSettings
 from sam3_lora.config import TrainConfig
-from sam3_lora.data import (DatasetError, FindQueryDataset, build_loader, collate_find_queries, load_coco,
-                            set_loader_epoch, split_image_ids)
+from sam3_lora.coco import DatasetError, load_coco
+from sam3_lora.data import FindQueryDataset, build_loader, collate_find_queries, set_loader_epoch, split_image_ids
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import torch
 
 from sam3_lora.box_ops import (
     box_cxcywh_to_xyxy,
-    box_xyxy_to_cxcywh,
     elementwise_box_iou,
     elementwise_generalized_box_iou,
     pairwise_box_iou,
@@ -19,13 +18,11 @@ def random_xyxy(count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)
 
 
-def test_formats_round_trip_and_match_hand_values():
+def test_cxcywh_to_xyxy_matches_hand_values():
     cxcywh = torch.tensor([[0.5, 0.4, 0.2, 0.6]])
-    xyxy = box_cxcywh_to_xyxy(cxcywh)
-    assert torch.allclose(xyxy, torch.tensor([[0.4, 0.1, 0.6, 0.7]]))
-    assert torch.allclose(box_xyxy_to_cxcywh(xyxy), cxcywh)
+    assert torch.allclose(box_cxcywh_to_xyxy(cxcywh), torch.tensor([[0.4, 0.1, 0.6, 0.7]]))
     boxes = torch.rand(3, 5, 4)  # any leading shape
-    assert torch.allclose(box_xyxy_to_cxcywh(box_cxcywh_to_xyxy(boxes)), boxes, atol=1e-6)
+    assert box_cxcywh_to_xyxy(boxes).shape == (3, 5, 4)
 
 
 def test_iou_and_giou_hand_values():

@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sam3_lora.cli import main
-from sam3_lora.data import load_coco
+from sam3_lora.coco import load_coco
 from sam3_lora.model import load_sam3, model_image_size
 from sam3_lora.synthetic import write_synthetic_coco
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from sam3_lora.config import ConfigError, TrainConfig, config_help, resolve_device, resolve_precision
+from sam3_lora.losses import LossWeights, build_criterion
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = {
@@ -41,7 +43,15 @@ def test_minimal_config_fills_documented_defaults():
             config.loss.dice) == (5.0, 2.0, 20.0, 20.0, 200.0, 10.0)
     assert config.data.val_fraction == 0.1  # no val json -> the default split
     assert config.loss.num_points == 112 * 112
+    assert config.loss.pos_weight == 10.0 and config.loss.scale_by_find_batch_size is False  # SAM3's defaults
     assert config.optim.betas == (0.9, 0.999)
+
+
+def test_the_loss_section_is_the_criterions_loss_weights():
+    config = TrainConfig.from_dict(with_change("loss.presence", 4))
+    assert isinstance(config.loss, LossWeights)
+    assert config.loss.by_term() == LossWeights(presence=4.0).by_term()  # the six weights, no other key
+    assert build_criterion(config.loss).weights["loss_presence"] == 4.0
 
 
 def test_every_field_has_help():
@@ -107,6 +117,10 @@ def test_unknown_key_without_close_match_lists_valid_keys():
         ("lora.dropout", 1.0, "lora.dropout", "[0, 1)"),
         ("loss.mask_mode", "pixels", "loss.mask_mode", "points, full"),
         ("loss.dice", -1, "loss.dice", ">= 0"),
+        ("loss.pos_weight", -5, "loss.pos_weight", ">= 0"),
+        ("loss.scale_by_find_batch_size", "yes", "loss.scale_by_find_batch_size", "expected a boolean"),
+        ("loss.scale_by_find_batch_size", 1, "loss.scale_by_find_batch_size", "got int"),
+        ("loss", {"bbox": 0, "giou": 0, "ce": 0, "presence": 0, "mask": 0, "dice": 0}, "loss", "all loss weights are 0"),
         ("precision", "fp8", "precision", "auto, bf16, fp16, fp32"),
         ("device", "tpu", "device", "auto, cpu, cuda"),
         ("gpus", 0, "gpus", ">= 1"),
@@ -159,7 +173,7 @@ def test_missing_required_key_says_what_it_is():
 def test_dict_round_trip_is_exact_and_json_plain():
     values = with_change("lora.preset", ["text", "mask_decoder"])
     values["optim"] = {"lr": 3e-4, "betas": [0.8, 0.99]}
-    values["loss"] = {"mask_mode": "full"}
+    values["loss"] = {"mask_mode": "full", "pos_weight": 5, "scale_by_find_batch_size": True}
     values["resume"] = "auto"
     config = TrainConfig.from_dict(values)
     frozen = json.loads(json.dumps(config.to_dict()))  # what the job row stores
@@ -170,7 +184,7 @@ def test_dict_round_trip_is_exact_and_json_plain():
 
 def test_yaml_round_trip(tmp_path):
     config = TrainConfig.from_dict(with_change("optim.weight_decay", 0))
-    config.to_yaml(tmp_path / "effective.yaml")
+    (tmp_path / "effective.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     assert TrainConfig.from_yaml(tmp_path / "effective.yaml") == config
 
 

@@ -11,10 +11,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam3_lora.augment import AugmentSettings, augment_find_query, hflip, mask_boxes_cxcywh, rescale
+from sam3_lora.coco import DatasetError, annotation_rle
 from sam3_lora.data import (
-    DatasetError,
     FindQueryDataset,
-    annotation_rle,
     build_loader,
     collate_find_queries,
     set_loader_epoch,

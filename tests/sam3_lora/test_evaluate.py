@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import sam3_lora.evaluate as evaluate_module
-from sam3_lora.data import load_coco
+from sam3_lora.coco import load_coco
 from sam3_lora.evaluate import evaluate
 from sam3_lora.model import load_sam3
 from sam3_lora.predict import Instance

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -83,3 +84,32 @@ def test_negative_find_query_matches_nothing_and_bad_input_is_named():
         matcher(logits, boxes, [torch.zeros(3), torch.zeros(1, 4)])
     with pytest.raises(ValueError, match="not all 0"):
         HungarianMatcher(cost_bbox=0, cost_class=0, cost_giou=0)
+
+
+def test_class_cost_is_exact_for_saturated_logits():
+    # Far from 0 the cost is linear in the logit x: at x >> 0, p^2 ~ 1 and log(1 - p) ~ -x, so the
+    # cost is (1 - a)(-x) = -0.75 x; at x << 0, (1 - p)^2 ~ 1 and log p ~ x, so it is -a x = -0.25 x.
+    # log(p + 1e-8) in float32 gave -13.8 instead of -22.5 at x = 30, and is off by ~8e-3 at SAM3's clamp of 12.
+    logits = torch.tensor([30.0, -30.0, 12.0, -12.0, 0.0])
+    exact = []
+    for x in logits.double().tolist():
+        p = 1 / (1 + math.exp(-x))
+        log_p, log_one_minus_p = -math.log1p(math.exp(-x)), -x - math.log1p(math.exp(-x))
+        exact.append(-0.25 * (1 - p) ** 2 * log_p + 0.75 * p**2 * log_one_minus_p)
+    cost = focal_matching_cost(logits)
+    assert cost[0].item() == pytest.approx(-22.5, abs=1e-5) and cost[1].item() == pytest.approx(7.5, abs=1e-5)
+    assert torch.allclose(cost.double(), torch.tensor(exact, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(focal_matching_cost(torch.tensor([100.0, -100.0]))).all()
+
+
+def test_pairs_are_ordered_by_target_unless_a_find_query_has_more_targets_than_queries():
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])
+    # Query 0 sits on target 1 and query 1 on target 0.
+    logits, pred = torch.zeros(1, 2), boxes.flip(0)[None]
+    (query_idx, target_idx), = HungarianMatcher()(logits, pred, [boxes])
+    assert (query_idx.tolist(), target_idx.tolist()) == ([1, 0], [0, 1])
+    # SAM3 keeps the solver's (query) order for the whole batch once one find-query has T > Q.
+    crowded = torch.tensor([[0.5, 0.5, 0.1, 0.1]]).repeat(3, 1)
+    matches = HungarianMatcher()(logits.repeat(2, 1), pred.repeat(2, 1, 1), [boxes, crowded])
+    assert (matches[0][0].tolist(), matches[0][1].tolist()) == ([0, 1], [1, 0])
+    assert matches[1][0].tolist() == [0, 1]

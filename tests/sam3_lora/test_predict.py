@@ -21,7 +21,7 @@ from sam3_lora.predict import (
     predict_many,
     select_clicked_instances,
 )
-from sam3_lora.preprocess import preprocess_image
+from sam3_lora.preprocess import image_to_tensor, normalize_pixels
 from sam3_lora.roi_align import ensure_box_prompt_support
 
 HEIGHT, WIDTH = 75, 130  # non-square, not a multiple of the model's 112
@@ -40,7 +40,7 @@ def random_image(seed: int = 0) -> np.ndarray:
 def direct_forward(model, tokenizer, image, phrase, **geometry):
     """Reference: one plain Sam3Model forward on the whole image, no cache, no predict code."""
     with torch.no_grad():
-        pixel_values = preprocess_image(image, 112)[None]
+        pixel_values = normalize_pixels(image_to_tensor(image), 112)[None]
         return model(pixel_values=pixel_values, **tokenize_phrases(tokenizer, [phrase]), **geometry)
 
 

@@ -1,7 +1,7 @@
 """The training engine learns: on CPU, the tiny SAM3 fine-tuned on a synthetic set.
 
 Claims, all from one run of `train(cfg, on_event)` (module fixture):
-- the training loss falls >= 2.5x: mean of the first logged window (steps 1-10)
+- the training loss falls >= 2.3x: mean of the first logged window (steps 1-10)
   over the mean of the last five (steps 451-500);
 - val segm mAP after training is above the base model's by > 0.1 (eval_before vs eval_after);
 - the adapter loads with plain `PeftModel.from_pretrained(Sam3Model.from_pretrained(tiny),
@@ -14,10 +14,13 @@ Measured with the old recipe (lr 5e-3, no warmup) on one machine by varying only
 the loss ratio ranged 2.67-3.93 (another machine saw 1.67 and failed). So each claim is
 checked against its spread over perturbed runs (ATEN_CPU_CAPABILITY default / AVX2 /
 AVX512, 1 and 2 threads, tiny-model seeds 0-2), and the thresholds sit at half or less
-of the worst run:
-- loss ratio (first window over the mean of the last five) 5.6-6.0, asserted >= 2.5;
-- final dice / first dice 0.07-0.09 and presence / first presence < 1e-3, asserted < 0.5;
-- val loss after / before 0.16-0.19, asserted < 0.5; val segm mAP 0 -> 0.28-0.45,
+of the worst run. Measured with SAM3's presence loss (0.5 x BCE, issue 11), 8 runs:
+- loss ratio (first window over the mean of the last five) 4.77-4.93, asserted >= 2.3
+  (5.6-6.0 with the plain-BCE presence: halving presence lowers the first window,
+  where the presence terms start near 20 x log 2 per layer, and not the end of the
+  run, where presence is ~0);
+- final dice / first dice 0.078-0.086 and presence / first presence < 2e-4, asserted < 0.5;
+- val loss after / before 0.19-0.22, asserted < 0.5; val segm mAP 0 -> 0.32-0.54,
   asserted to rise by > 0.1.
 
 Recipe, and why (~35 s of training on 2 cores):
@@ -51,7 +54,8 @@ from transformers import AutoTokenizer, Sam3Model
 
 from sam3_lora.checkpoint import latest_checkpoint, load_checkpoint
 from sam3_lora.config import TrainConfig
-from sam3_lora.data import load_coco, split_image_ids
+from sam3_lora.coco import load_coco
+from sam3_lora.data import split_image_ids
 from sam3_lora.evaluate import evaluate
 from sam3_lora.synthetic import write_synthetic_coco
 from sam3_lora.tiny import save_tiny_sam3
@@ -86,11 +90,11 @@ def run(tmp_path_factory) -> dict:
     return {"cfg": cfg, "result": result, "events": events, "tiny_dir": tiny_dir, "annotations": annotations}
 
 
-def test_loss_falls_at_least_2_5_fold(run):
+def test_loss_falls_at_least_2_3_fold(run):
     steps = [event for event in run["result"].history if event["type"] == "step"]
     assert [event["step"] for event in steps] == list(range(LOG_EVERY, STEPS + 1, LOG_EVERY))
     first, last = steps[0]["loss"], sum(event["loss"] for event in steps[-5:]) / 5
-    assert first / last >= 2.5, f"loss {first:.2f} -> {last:.2f} fell only {first / last:.2f}x"
+    assert first / last >= 2.3, f"loss {first:.2f} -> {last:.2f} fell only {first / last:.2f}x"
     # Not one term carrying the total: masks and presence learn too.
     assert steps[-1]["loss_dice"] < 0.5 * steps[0]["loss_dice"]
     assert steps[-1]["loss_presence"] < 0.5 * steps[0]["loss_presence"]

@@ -1,0 +1,71 @@
+"""COCO annotations -> instance masks at the model's input size (pycocotools).
+
+Any COCO segmentation form (polygons, RLE, compressed RLE; the bbox rectangle when
+there is none) becomes a compressed RLE; decoded masks go to S x S with nearest
+neighbour sampled at pixel centres (as the bilinear image resize), and an object
+that nearest sampling would lose keeps the input pixel it covers most, so every
+instance keeps a non-empty mask.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+
+class DatasetError(ValueError):
+    """The COCO data cannot be trained on; the message names the file and the reason."""
+
+
+def load_coco(coco_json: str | Path) -> COCO:
+    """Read a COCO json with pycocotools (its progress prints silenced); DatasetError if unreadable."""
+    path = Path(coco_json)
+    if not path.is_file():
+        raise DatasetError(f"COCO annotations {path} not found")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(path))
+    except Exception as error:  # bad JSON, wrong top-level type, missing keys
+        raise DatasetError(f"cannot read COCO annotations {path}: {type(error).__name__}: {error}") from error
+
+
+def annotation_rle(annotation: dict, height: int, width: int) -> dict | None:
+    """COCO segmentation (polygons, RLE or compressed RLE; bbox if none) -> compressed RLE.
+
+    None when the annotation has no usable geometry (polygons of < 3 points and no bbox).
+    """
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, list):
+        # Polygons need >= 3 points; pycocotools would read a 4-number list as a bbox.
+        segmentation = [polygon for polygon in segmentation if len(polygon) >= 6 and len(polygon) % 2 == 0]
+    if isinstance(segmentation, list) and segmentation:
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        if isinstance(segmentation["counts"], list):
+            return mask_utils.frPyObjects(segmentation, height, width)
+        counts = segmentation["counts"]
+        return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    bbox = annotation.get("bbox")
+    if bbox is None or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
+        return None
+    return mask_utils.frPyObjects(np.array([bbox], dtype=np.float64), height, width)[0]
+
+
+def masks_at_size(masks: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 masks [T,H,W] (T >= 1) -> bool [T,size,size], nearest; a mask that vanishes keeps its best-covered pixel."""
+    source = torch.from_numpy(np.ascontiguousarray(masks))
+    # nearest-exact samples pixel centres like the bilinear image resize (align_corners=False);
+    # plain "nearest" (floor) would shift masks against the image by up to half an input pixel.
+    resized = F.interpolate(source[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].bool()
+    lost = (~resized.flatten(1).any(dim=1)).nonzero().flatten()
+    if len(lost):
+        coverage = F.interpolate(source[lost][:, None].float(), size=(size, size), mode="area")[:, 0]
+        best = coverage.flatten(1).argmax(dim=1)
+        resized[lost, best // size, best % size] = True
+    return resized
