@@ -187,3 +187,11 @@ class FileSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_source(path: Path, max_bytes: int, max_total_bytes: int = DEFAULT_MAX_ZIP_TOTAL_BYTES,
+                max_members: int = DEFAULT_MAX_ZIP_MEMBERS) -> FileSource:
+    """A FileSource over a .zip file or a folder; ValueError when the zip is refused."""
+    if path.is_dir():
+        return FileSource.from_folder(path, max_bytes)
+    return FileSource.from_zip(open_zip(path), max_bytes, max_total_bytes, max_members)

@@ -20,7 +20,8 @@ from app.store.annotations import CheckedMask
 from app.store.db import write_session
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from app.store.projects import CONCEPT_PALETTE
-from app.store.uploads import UploadReport
+from app.store.image_decode import DecodedImage
+from app.store.uploads import UploadReport, check_file, store_decoded
 
 BATCH_SIZE = 500  # annotations per write transaction; also the size of IN (...) lists
 
@@ -167,3 +168,19 @@ class BatchWriter:
     def flush(self, concept_sources: list[ConceptSource] = ()) -> None:
         pending, self.pending = self.pending, []
         insert_batch(self.engine, self.project_id, pending, self.report, concept_sources)
+
+
+def import_image(
+    engine: Engine, media_dir, project_id: int, source, name: str, report: ImportReport, max_pixels: int,
+    split: str | None = None,
+) -> tuple[int, DecodedImage] | None:
+    """Read, check and store one image file of `source` (an archive.FileSource); returns
+    (image id, its decoded form) or None when refused (recorded in report.images).
+    A full disk raises StorageFull."""
+    decoded = check_file(name, source.read(name), source.max_bytes, max_pixels)
+    if isinstance(decoded, str):
+        report.images.refused.append((name, decoded))
+        return None
+    outcome = store_decoded(engine, media_dir, project_id, name, decoded, split)
+    report.images.add(outcome)
+    return outcome.image_id, decoded
