@@ -2,13 +2,20 @@
 name what was not done and why, so a user (and the browser test) tells them apart."""
 from __future__ import annotations
 
+import html
 import re
 
 REFUSED = "**Not done:**"
 NO_PROJECT = "choose a project first (or create one with 'New project')"
 
 
+def escape_markdown(text: object) -> str:
+    """Text from users or files shown literally in markdown: HTML escaped (a COCO file_name
+    like `<img src=x onerror=...>` stays text), markdown specials backslash-escaped."""
+    return re.sub(r"([\\`*_\[\]#|~!])", r"\\\1", html.escape(str(text), quote=False))
+
+
 def refusal(what: str, error: Exception | str) -> str:
     """'**Not done:** cannot add the concept: concept phrase is empty.' (markdown specials escaped)."""
-    reason = re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", str(error).rstrip("."))
+    reason = escape_markdown(str(error).rstrip("."))
     return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."
