@@ -63,7 +63,7 @@ def yolo_row(annotation: ExportAnnotation, class_index: int, width: int, height:
 
 def export_yolo_seg(
     engine: Engine, media_dir: Path | str, project_id: int, dest_dir: Path | str,
-    snapshot: Iterable | None = None, split: str | None = None, tolerance: float = 1.0,
+    snapshot: Iterable | None = None, split: str | None = None, tolerance: float = 0.0,
 ) -> Path:
     """Ultralytics YOLO-seg layout; returns dest_dir/data.yaml.
 
@@ -71,7 +71,9 @@ def export_yolo_seg(
     images/<split>/<name>.png, labels/<split>/<name>.txt (empty for negatives), data.yaml
     with `names` {class index: concept name}; class index = rank of the concept id; names
     are the images' source base names (export_data.export_file_names).
-    Polygons: outer contour of each part, Douglas-Peucker at `tolerance` px.
+    Polygons: the outer contour of each part along pixel edges; with the default `tolerance`
+    0 they rasterise back to exactly the stored mask (holes filled), so YOLO -> import ->
+    export -> import changes nothing; a tolerance > 0 simplifies them (Douglas-Peucker, px).
     """
     dest = Path(dest_dir)
     require_empty(dest, "YOLO")
