@@ -34,12 +34,13 @@ from app.store.coco_fields import Placement, annotation_mask, category_table, pa
 from app.store.image_decode import DEFAULT_MAX_PIXELS
 from app.store.import_batches import (
     BatchWriter, ConceptSource, ImportReport, PendingAnnotation, SkipAnnotation, insert_batch, mark_reviewed,
+    stop_at_full_disk,
 )
 from app.store.json_stream import JsonStreamError, iter_section, iter_sections
 from app.store.names import file_name_problem
 from app.store.uploads import (
-    DEFAULT_MAX_ZIP_MEMBERS, DEFAULT_MAX_ZIP_TOTAL_BYTES, StorageFull, check_file, require_project,
-    storage_full_reason, store_decoded,
+    DEFAULT_MAX_ZIP_MEMBERS, DEFAULT_MAX_ZIP_TOTAL_BYTES, ImageBatch, IngestOutcome, StorageFull, check_file,
+    require_project, storage_full_reason,
 )
 
 __all__ = ["ImportReport", "SkipAnnotation", "import_coco", "import_coco_zip"]
@@ -66,6 +67,10 @@ class _Run:
     used_files: set[str] = field(default_factory=set)
     done: int = 0
     total: int = 0
+    batch: ImageBatch = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        self.batch = ImageBatch(self.engine, self.media_dir, self.project_id)
 
     def step(self) -> None:
         self.done += 1
@@ -118,33 +123,38 @@ def _image(run: _Run, index: int, entry: Any) -> None:
     kept_name = kept_name if isinstance(kept_name, str) and not file_name_problem(kept_name) else name
     split = entry.get("split") if entry.get("split") in ("train", "val") else None
     coco_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else None
-    outcome = store_decoded(run.engine, run.media_dir, run.project_id, kept_name, decoded, split, coco_id)
-    run.report.images.add(outcome)
-    if isinstance(place, str):
-        run.report.skipped.append((name, f"{place}; its annotations are skipped"))
-        run.images[image_id] = place
-    else:
-        run.images[image_id] = (outcome.image_id, place)
+    run.images[image_id] = f"its image {name} was not stored"  # until its batch is
+
+    def stored(outcome: IngestOutcome) -> None:
+        run.report.images.add(outcome)
+        if isinstance(place, str):
+            run.report.skipped.append((name, f"{place}; its annotations are skipped"))
+            run.images[image_id] = place
+        else:
+            run.images[image_id] = (outcome.image_id, place)
+
+    run.batch.add(kept_name, decoded, stored, split, coco_id)
 
 
 def _import_images(run: _Run) -> bool:
     """The images pass; False when a full disk stopped it (the rest are named as not tried)."""
     entries = iter_section(run.open_json, run.label, "images")
-    for index, entry in enumerate(entries):
-        try:
-            _image(run, index, entry)
-        except StorageFull as full:
-            run.report.images.stopped = f"{full.reason}; what was stored before it is kept"
-            run.report.images.not_tried.append(entry["file_name"])
-            run.report.images.not_tried += [e.get("file_name", f"image #{i}") if isinstance(e, dict) else f"image #{i}"
-                                            for i, e in enumerate(entries, start=index + 1)]
-            return False
-        except Exception as error:  # one bad entry never stops the others
-            label = entry.get("file_name", f"image #{index}") if isinstance(entry, dict) else f"image #{index}"
-            run.report.skipped.append((str(label), f"could not be imported ({type(error).__name__}: {error})"))
-            if isinstance(entry, dict) and isinstance(entry.get("id"), (int, str)):
-                run.images.setdefault(entry["id"], f"its image {label} was not imported")
-        run.step()
+    try:
+        for index, entry in enumerate(entries):
+            try:
+                _image(run, index, entry)
+            except StorageFull:
+                raise
+            except Exception as error:  # one bad entry never stops the others
+                label = entry.get("file_name", f"image #{index}") if isinstance(entry, dict) else f"image #{index}"
+                run.report.skipped.append((str(label), f"could not be imported ({type(error).__name__}: {error})"))
+            run.step()
+        run.batch.flush()
+    except StorageFull as full:
+        later = [e.get("file_name", f"image #{i}") if isinstance(e, dict) else f"image #{i}"
+                 for i, e in enumerate(entries, start=run.done + 1)]
+        stop_at_full_disk(run.report, full, later)
+        return False
     return True
 
 
@@ -210,8 +220,6 @@ def _run(run: _Run) -> ImportReport:
         if isinstance(concept, str) and concept != "dataset-level group":
             report.skipped.append((f"category {category_id}", concept))
     if not _import_images(run):
-        report.skipped.append(("annotations", "not imported: the import stopped at a full disk; free space and "
-                               "import again (stored images are recognised and kept)"))
         return report
     _import_annotations(run, concepts)
     mark_reviewed(run.engine, sorted({image[0] for image in run.images.values() if not isinstance(image, str)}))

@@ -11,6 +11,7 @@ batch, never the whole dataset.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, update
@@ -21,7 +22,7 @@ from app.store.db import write_session
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from app.store.projects import CONCEPT_PALETTE
 from app.store.image_decode import DecodedImage
-from app.store.uploads import UploadReport, check_file, store_decoded
+from app.store.uploads import ImageBatch, IngestOutcome, StorageFull, UploadReport, check_file
 
 BATCH_SIZE = 500  # annotations per write transaction; also the size of IN (...) lists
 
@@ -170,17 +171,29 @@ class BatchWriter:
         insert_batch(self.engine, self.project_id, pending, self.report, concept_sources)
 
 
-def import_image(
-    engine: Engine, media_dir, project_id: int, source, name: str, report: ImportReport, max_pixels: int,
-    split: str | None = None,
-) -> tuple[int, DecodedImage] | None:
-    """Read, check and store one image file of `source` (an archive.FileSource); returns
-    (image id, its decoded form) or None when refused (recorded in report.images).
-    A full disk raises StorageFull."""
+def queue_image(
+    batch: ImageBatch, source, name: str, report: ImportReport, max_pixels: int,
+    on_stored: Callable[[int, DecodedImage], None], split: str | None = None,
+) -> bool:
+    """Read and check one image file of `source` (an archive.FileSource) and queue it in `batch`;
+    `on_stored(image id, decoded)` runs once it is stored. False when refused (recorded in
+    report.images). A full disk raises StorageFull (from the batch)."""
     decoded = check_file(name, source.read(name), source.max_bytes, max_pixels)
     if isinstance(decoded, str):
         report.images.refused.append((name, decoded))
-        return None
-    outcome = store_decoded(engine, media_dir, project_id, name, decoded, split)
-    report.images.add(outcome)
-    return outcome.image_id, decoded
+        return False
+
+    def stored(outcome: IngestOutcome) -> None:
+        report.images.add(outcome)
+        on_stored(outcome.image_id, decoded)
+
+    batch.add(name, decoded, stored, split)
+    return True
+
+
+def stop_at_full_disk(report: ImportReport, full: StorageFull, later: list[str]) -> None:
+    """Record a full disk: what was stored is kept, the batch's files and `later` were not tried."""
+    report.images.stopped = f"{full.reason}; what was stored before it is kept"
+    report.images.not_tried += full.names + later
+    report.skipped.append(("annotations", "the import stopped at a full disk; free space and import again "
+                           "(stored images are recognised and kept, stored masks skipped)"))

@@ -30,11 +30,12 @@ from app.store.annotations import check_mask
 from app.store.archive import FileSource
 from app.store.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, to_upright
 from app.store.import_batches import (
-    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, import_image, insert_batch, mark_reviewed,
+    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, insert_batch, mark_reviewed, queue_image,
+    stop_at_full_disk,
 )
 from app.store.masks import mask_to_rle
 from app.store.names import clean_name
-from app.store.uploads import StorageFull
+from app.store.uploads import ImageBatch, StorageFull
 from app.store.yolo_import import IMAGE_SUFFIXES
 
 IGNORE = 255
@@ -149,24 +150,13 @@ def import_png_masks(
         path = PurePosixPath(name)
         if path.suffix.lower() in IMAGE_SUFFIXES and not set(path.parts) & set(MASK_FOLDERS):
             by_stem.setdefault(path.stem, []).append(name)
-    splits, writer, listed, ignored, without_objects = _splits(source), BatchWriter(engine, project_id, report), [], 0, 0
-    for done, mask_name in enumerate(class_masks, start=1):
-        stem = PurePosixPath(mask_name).stem
-        candidates = sorted(by_stem.get(stem, []), key=lambda n: "JPEGImages/" not in n)
-        if not candidates:
-            report.skipped.append((mask_name, "no image with this name in the upload"))
-            continue
-        try:
-            stored = import_image(engine, media_dir, project_id, source, candidates[0], report, max_pixels,
-                                  splits.get(stem))
-        except StorageFull as full:
-            report.images.stopped = f"{full.reason}; what was stored before it is kept"
-            report.images.not_tried += [PurePosixPath(n).stem for n in class_masks[done - 1:]]
-            break
-        if stored is None:
-            continue
-        image_id, decoded = stored
+    splits, writer, batch = _splits(source), BatchWriter(engine, project_id, report), ImageBatch(engine, media_dir,
+                                                                                                project_id)
+    listed, counts = [], {"ignored": 0, "without_objects": 0}
+
+    def add_instances(image_id: int, decoded: DecodedImage, mask_name: str) -> None:
         listed.append(image_id)
+        stem = PurePosixPath(mask_name).stem
         classes = _read_mask(source, mask_name, colors, decoded)
         object_name = str(PurePosixPath(mask_name).parent.parent / "SegmentationObject" / f"{stem}.png")
         objects = _read_mask(source, object_name, {}, decoded) if object_name in source.sizes else None
@@ -174,22 +164,37 @@ def import_png_masks(
             if isinstance(problem, str):
                 report.skipped.append((name, problem))
         if isinstance(classes, str):
-            continue
-        without_objects += objects is None
+            return
+        counts["without_objects"] += objects is None
         found, ignored_pixels = _instances(classes, None if isinstance(objects, str) else objects)
-        ignored += ignored_pixels
+        counts["ignored"] += ignored_pixels
         for label_index, region in found:
             if label_index not in concepts:
                 report.skipped.append((f"{mask_name} label {label_index}", "label index not in labelmap.txt"))
                 continue
             writer.add(PendingAnnotation(image_id, concepts[label_index], check_mask(mask_to_rle(region)), False))
-        if on_progress is not None:
-            on_progress(done, len(class_masks))
+
+    try:
+        for done, mask_name in enumerate(class_masks, start=1):
+            stem = PurePosixPath(mask_name).stem
+            candidates = sorted(by_stem.get(stem, []), key=lambda n: "JPEGImages/" not in n)
+            if not candidates:
+                report.skipped.append((mask_name, "no image with this name in the upload"))
+                continue
+            queue_image(batch, source, candidates[0], report, max_pixels,
+                        lambda image_id, decoded, mask_name=mask_name: add_instances(image_id, decoded, mask_name),
+                        splits.get(stem))
+            if on_progress is not None:
+                on_progress(done, len(class_masks))
+        batch.flush()
+    except StorageFull as full:
+        stop_at_full_disk(report, full, class_masks[done:])
+        return report
     writer.flush()
     mark_reviewed(engine, listed)
-    if without_objects:
-        report.notes.append(f"{without_objects} image(s) had no SegmentationObject mask: each connected region "
+    if counts["without_objects"]:
+        report.notes.append(f"{counts['without_objects']} image(s) had no SegmentationObject mask: each connected region "
                             "of a label became one instance")
-    if ignored:
-        report.notes.append(f"{ignored:,} pixel(s) marked 255 (ignore / crowd) have no label and were not imported")
+    if counts["ignored"]:
+        report.notes.append(f"{counts['ignored']:,} pixel(s) marked 255 (ignore / crowd) have no label and were not imported")
     return report

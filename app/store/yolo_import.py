@@ -23,12 +23,12 @@ from app.store.annotations import check_mask
 from app.store.archive import FileSource
 from app.store.image_decode import DEFAULT_MAX_PIXELS
 from app.store.import_batches import (
-    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, SkipAnnotation, import_image, insert_batch,
-    mark_reviewed,
+    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, SkipAnnotation, insert_batch, mark_reviewed,
+    queue_image, stop_at_full_disk,
 )
 from app.store.masks import box_to_mask, mask_to_rle, polygons_to_rle, rle_area
 from app.store.names import clean_name
-from app.store.uploads import StorageFull
+from app.store.uploads import ImageBatch, StorageFull
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -119,23 +119,14 @@ def import_yolo_seg(
               if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and label_path(name)]
     used_labels, listed = set(), []
     writer = BatchWriter(engine, project_id, report)
-    for done, name in enumerate(images, start=1):
-        try:
-            stored = import_image(engine, media_dir, project_id, source, name, report, max_pixels, split_of(name))
-        except StorageFull as full:
-            report.images.stopped = f"{full.reason}; what was stored before it is kept"
-            report.images.not_tried += images[done - 1:]
-            break
-        labels = label_path(name)
-        used_labels.add(labels)
-        if stored is None:
-            continue
-        image_id, decoded = stored
+    batch = ImageBatch(engine, media_dir, project_id)
+
+    def add_rows(image_id: int, decoded, labels: str) -> None:
         listed.append(image_id)
         text = source.read(labels) if labels in source.sizes else b""
         if isinstance(text, str):
             report.skipped.append((labels, text))
-            continue
+            return
         for number, line in enumerate(text.decode("utf-8", errors="replace").splitlines(), start=1):
             if not line.strip():
                 continue
@@ -145,8 +136,19 @@ def import_yolo_seg(
                 report.skipped.append((f"{labels} line {number}", str(skip)))
                 continue
             writer.add(PendingAnnotation(image_id, concept, mask, iscrowd=False))
-        if on_progress is not None:
-            on_progress(done, len(images))
+
+    try:
+        for done, name in enumerate(images, start=1):
+            labels = label_path(name)
+            used_labels.add(labels)
+            queue_image(batch, source, name, report, max_pixels,
+                        lambda image_id, decoded, labels=labels: add_rows(image_id, decoded, labels), split_of(name))
+            if on_progress is not None:
+                on_progress(done, len(images))
+        batch.flush()
+    except StorageFull as full:
+        stop_at_full_disk(report, full, images[done:])
+        return report
     writer.flush()
     mark_reviewed(engine, listed)
     for name in source.names:

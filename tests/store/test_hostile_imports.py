@@ -20,7 +20,7 @@ from app.store.db import read_session
 from app.store.masks import rle_to_mask
 from app.store.models import Annotation, Image
 from app.store.projects import add_concept, create_project
-from app.store.uploads import ingest_files, ingest_zip
+from app.store.uploads import ImageBatch, ingest_files, ingest_zip
 from tests.store.corpus_support import CORPUS, MB, project_content
 from tests.store.test_uploads import image_bytes, make_project
 
@@ -154,22 +154,23 @@ def test_a_full_disk_stops_the_upload_keeps_what_was_stored_and_names_the_rest(s
     real_write = media.write_atomically
     written = []
 
-    def write_until_full(path, data):
+    def write_until_full(path, data, durable=True):
         if len(written) == 14:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(path, data)
+        real_write(path, data, durable)
         written.append(path)
 
     monkeypatch.setattr(media, "write_atomically", write_until_full)
+    monkeypatch.setattr(ImageBatch, "BATCH_IMAGES", 5)  # images are stored 5 at a time: file 15 is in batch 3
     files = [(f"photo-{index:02}.png", image_bytes("PNG", (12, 12), seed=index)) for index in range(20)]
 
     report = ingest_files(store.engine, store.media_dir, store.project_id, files, MB)
 
-    assert [name for name, _ in report.accepted] == [f"photo-{index:02}.png" for index in range(14)]
-    assert report.not_tried == [f"photo-{index:02}.png" for index in range(14, 20)]
+    assert [name for name, _ in report.accepted] == [f"photo-{index:02}.png" for index in range(10)]
+    assert report.not_tried == [f"photo-{index:02}.png" for index in range(10, 20)]
     assert report.stopped.startswith("the disk of the media folder is full (No space left on device) while "
-                                     "storing photo-14.png; what was stored before it is kept")
-    assert len(project_content(store.engine, store.project_id)["images"]) == 14
+                                     "storing photo-10.png; what was stored before it is kept")
+    assert len(project_content(store.engine, store.project_id)["images"]) == 10
     assert all(path.is_file() for path in written)
     assert report.messages()[-1].startswith("stopped: the disk of the media folder is full")
 
@@ -178,7 +179,7 @@ def test_a_full_disk_stops_the_upload_keeps_what_was_stored_and_names_the_rest(s
     imported = import_coco(store.engine, store.media_dir, store.project_id, document,
                            {f"c{index}.png": image_bytes("PNG", (10, 10), seed=index) for index in range(30, 33)}, MB)
     assert imported.images.not_tried == ["c30.png", "c31.png", "c32.png"]
-    assert imported.skipped[-1][1].startswith("not imported: the import stopped at a full disk")
+    assert imported.skipped[-1][1].startswith("the import stopped at a full disk; free space and import again")
 
 
 def test_a_zip_over_the_member_cap_is_refused_unread(store):
