@@ -191,6 +191,28 @@ def queue_image(
     return True
 
 
+def store_images(
+    batch: ImageBatch, source, items: list[tuple[str, str | None, Callable[[int, DecodedImage], None]]],
+    report: ImportReport, max_pixels: int, on_progress: Callable[[int, int], None] | None = None,
+) -> bool:
+    """queue_image for each (image name, split, on_stored), then flush; False when a full disk
+    stopped it (recorded with stop_at_full_disk: the rest are named as not tried)."""
+    try:
+        for done, (name, split, on_stored) in enumerate(items, start=1):
+            try:
+                queue_image(batch, source, name, report, max_pixels, on_stored, split)
+            except StorageFull as full:
+                full.names += [later for later, _, _ in items[done:]]
+                raise
+            if on_progress is not None:
+                on_progress(done, len(items))
+        batch.flush()
+    except StorageFull as full:
+        stop_at_full_disk(report, full, [])
+        return False
+    return True
+
+
 def stop_at_full_disk(report: ImportReport, full: StorageFull, later: list[str]) -> None:
     """Record a full disk: what was stored is kept, the batch's files and `later` were not tried."""
     report.images.stopped = f"{full.reason}; what was stored before it is kept"

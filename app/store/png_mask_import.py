@@ -30,12 +30,11 @@ from app.store.annotations import check_mask
 from app.store.archive import FileSource
 from app.store.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, to_upright
 from app.store.import_batches import (
-    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, insert_batch, mark_reviewed, queue_image,
-    stop_at_full_disk,
+    BatchWriter, ConceptSource, ImportReport, PendingAnnotation, insert_batch, mark_reviewed, store_images,
 )
 from app.store.masks import mask_to_rle
 from app.store.names import clean_name
-from app.store.uploads import ImageBatch, StorageFull
+from app.store.uploads import ImageBatch
 from app.store.yolo_import import IMAGE_SUFFIXES
 
 IGNORE = 255
@@ -174,21 +173,16 @@ def import_png_masks(
                 continue
             writer.add(PendingAnnotation(image_id, concepts[label_index], check_mask(mask_to_rle(region)), False))
 
-    try:
-        for done, mask_name in enumerate(class_masks, start=1):
-            stem = PurePosixPath(mask_name).stem
-            candidates = sorted(by_stem.get(stem, []), key=lambda n: "JPEGImages/" not in n)
-            if not candidates:
-                report.skipped.append((mask_name, "no image with this name in the upload"))
-                continue
-            queue_image(batch, source, candidates[0], report, max_pixels,
-                        lambda image_id, decoded, mask_name=mask_name: add_instances(image_id, decoded, mask_name),
-                        splits.get(stem))
-            if on_progress is not None:
-                on_progress(done, len(class_masks))
-        batch.flush()
-    except StorageFull as full:
-        stop_at_full_disk(report, full, class_masks[done:])
+    items = []
+    for mask_name in class_masks:
+        stem = PurePosixPath(mask_name).stem
+        candidates = sorted(by_stem.get(stem, []), key=lambda n: "JPEGImages/" not in n)
+        if not candidates:
+            report.skipped.append((mask_name, "no image with this name in the upload"))
+            continue
+        items.append((candidates[0], splits.get(stem),
+                      lambda image_id, decoded, mask_name=mask_name: add_instances(image_id, decoded, mask_name)))
+    if not store_images(batch, source, items, report, max_pixels, on_progress):
         return report
     writer.flush()
     mark_reviewed(engine, listed)

@@ -24,11 +24,11 @@ from app.store.archive import FileSource
 from app.store.image_decode import DEFAULT_MAX_PIXELS
 from app.store.import_batches import (
     BatchWriter, ConceptSource, ImportReport, PendingAnnotation, SkipAnnotation, insert_batch, mark_reviewed,
-    queue_image, stop_at_full_disk,
+    store_images,
 )
 from app.store.masks import box_to_mask, mask_to_rle, polygons_to_rle, rle_area
 from app.store.names import clean_name
-from app.store.uploads import ImageBatch, StorageFull
+from app.store.uploads import ImageBatch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VAL_FOLDERS = ("val", "valid", "validation")
@@ -117,7 +117,7 @@ def import_yolo_seg(
     insert_batch(engine, project_id, [], report, [classes[index] for index in sorted(classes)])
     images = [name for name in source.names
               if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES and label_path(name)]
-    used_labels, listed = set(), []
+    listed: list[int] = []
     writer = BatchWriter(engine, project_id, report)
     batch = ImageBatch(engine, media_dir, project_id)
 
@@ -137,17 +137,10 @@ def import_yolo_seg(
                 continue
             writer.add(PendingAnnotation(image_id, concept, mask, iscrowd=False))
 
-    try:
-        for done, name in enumerate(images, start=1):
-            labels = label_path(name)
-            used_labels.add(labels)
-            queue_image(batch, source, name, report, max_pixels,
-                        lambda image_id, decoded, labels=labels: add_rows(image_id, decoded, labels), split_of(name))
-            if on_progress is not None:
-                on_progress(done, len(images))
-        batch.flush()
-    except StorageFull as full:
-        stop_at_full_disk(report, full, images[done:])
+    items = [(name, split_of(name), lambda image_id, decoded, labels=label_path(name): add_rows(image_id, decoded, labels))
+             for name in images]
+    used_labels = {label_path(name) for name in images}
+    if not store_images(batch, source, items, report, max_pixels, on_progress):
         return report
     writer.flush()
     mark_reviewed(engine, listed)

@@ -227,3 +227,27 @@ def test_unreviewed_proposals_are_left_out_of_exports_unless_asked_for(store, tm
     assert np.array_equal(np.array(full["annotations"][0]["bbox"]), [1, 1, 5, 5])
     with read_session(store.engine) as session:
         assert session.exec(select(Image)).one().status == "reviewed"
+
+
+def test_a_full_disk_stops_yolo_and_png_mask_imports_naming_what_was_not_stored(store, tmp_path, monkeypatch):
+    from app.store.archive import FileSource
+    from app.store.png_mask_export import export_png_masks
+    from app.store.png_mask_import import import_png_masks
+    from app.store.yolo_export import export_yolo_seg
+    from app.store.yolo_import import import_yolo_seg
+
+    folder = CORPUS / "roboflow" / "train"
+    import_coco(store.engine, store.media_dir, store.project_id, folder / "_annotations.coco.json", folder, MB)
+    export_yolo_seg(store.engine, store.media_dir, store.project_id, tmp_path / "yolo")
+    export_png_masks(store.engine, store.media_dir, store.project_id, tmp_path / "png")
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(media, "write_atomically", full)
+    for importer, exported in ((import_yolo_seg, "yolo"), (import_png_masks, "png")):
+        project_id = make_project(store.engine, f"full-{exported}")
+        report = importer(store.engine, tmp_path / "other-media", project_id, FileSource.from_folder(tmp_path / exported, MB))
+        assert report.images.stopped.startswith("the disk of the media folder is full"), exported
+        assert len(report.images.not_tried) == 2 and report.annotations_imported == 0, exported
+        assert project_content(store.engine, project_id)["images"] == {}
