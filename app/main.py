@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from app.background import start_background_services
+from app.jobs.embedded_worker import start_background_services
 from app.settings import Settings, SettingsError, load_settings
 from app.studio import open_studio
 
@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sam3-studio",
         description="Serve SAM3 LoRA Studio: label images with SAM3 proposals and fine-tune LoRA adapters.",
-        epilog="Everything else (DATA_DIR, DATABASE_URL, REDIS_URL, SAM3_MODEL, STUDIO_USERS, MAX_UPLOAD_MB) "
+        epilog="Everything else (DATA_DIR, DATABASE_URL, REDIS_URL, SAM3_MODEL, STUDIO_USERS, MAX_UPLOAD_MB, "
+        "JOB_STALE_AFTER_S) "
         "is read from environment variables; see the README.",
     )
     parser.add_argument("--host", help="address to bind to (default: $HOST, else 127.0.0.1)")
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     studio = open_studio(settings)
     with_worker = settings.embedded_broker if args.with_worker is None else args.with_worker
-    services = start_background_services(studio, with_worker=with_worker)
+    services = start_background_services(settings, studio.engine, with_worker=with_worker)
     studio.models.warm_up_in_background()  # the banner says which SAM3 runs once it has loaded
 
     from app.ui.layout import build_app  # gradio is slow to import; --help and bad settings stay fast

@@ -1,13 +1,14 @@
-"""Studio settings, read once from environment variables (pydantic-settings).
+"""Studio and worker settings, read once from environment variables (pydantic-settings).
 
-Every variable is documented in the README; an invalid value stops the program at
-start with a message that names the variable (`load_settings`).
+The only place in app/ and worker/ that reads the environment. Every variable is
+documented in the README; an invalid value stops the program at start with a message
+that names the variable (`load_settings`).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +29,25 @@ class Settings(BaseSettings):
     MAX_UPLOAD_MB: int = Field(200, ge=1, le=100_000, description="Largest accepted upload, per file, in MiB.")
     MAX_ZIP_MEMBERS: int = Field(10_000, ge=1, le=10_000_000,
                                  description="Most files one uploaded zip may hold; a bigger zip is refused unread.")
+    # Worker tuning (tests lower them). A training worker beats every step and during
+    # evaluation and checkpoint saves; 5 min without one is far beyond a slow step.
+    JOB_STALE_AFTER_S: float = Field(5 * 60, gt=0, description="A running job whose heartbeat is older is "
+                                     "re-queued by the sweeps (studio and worker start) and resumes from its checkpoint.")
+    # Redis re-delivers an unacknowledged message after the visibility timeout; with
+    # acks_late a run longer than it gets a second copy (celery #5935). Longer than any
+    # run, so that only a lost worker causes one; claim_job makes a second copy harmless.
+    CELERY_VISIBILITY_TIMEOUT_S: float = Field(24 * 3600, gt=0, description="Redis re-delivers an "
+                                               "unacknowledged task after this many seconds.")
+    CELERY_EXTRA_TASK_MODULES: str = Field("", description="Comma-separated task modules a worker imports "
+                                           "besides worker.tasks (tests add theirs).")
+    RANK: int = Field(0, ge=0, description="Set by torchrun in each process of a multi-GPU job; rank 0 exports "
+                      "the data and writes the rows and files.")
+
+    @field_validator("JOB_STALE_AFTER_S", "CELERY_VISIBILITY_TIMEOUT_S", mode="before")
+    @classmethod
+    def _empty_seconds_is_default(cls, value, info: ValidationInfo):
+        """`JOB_STALE_AFTER_S=` (set but empty) means the default, as for the string settings."""
+        return cls.model_fields[info.field_name].default if value == "" else value
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -73,6 +93,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.MAX_UPLOAD_MB * 1024 * 1024
+
+    @property
+    def celery_extra_task_modules(self) -> list[str]:
+        return [name.strip() for name in self.CELERY_EXTRA_TASK_MODULES.split(",") if name.strip()]
 
 
 def parse_users(value: str) -> dict[str, str]:

@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.store.jobs import FINAL_STATES, get_job, submit_job  # noqa: E402
-from app.store.metrics import read_metrics  # noqa: E402
+from app.jobs.embedded_worker import stop_worker  # noqa: E402
+from app.jobs.lifecycle import FINAL_STATES, get_job, submit_job  # noqa: E402
+from app.jobs.metrics import read_metrics  # noqa: E402
 from sam3_lora.model import load_sam3  # noqa: E402
 from sam3_lora.tiny import save_tiny_sam3  # noqa: E402
 from tests.jobs.test_train_task import job_config, launch_worker, new_project, sender  # noqa: E402
-from worker.process import stop_worker  # noqa: E402
 
 FIRST_ROW_TARGET_S = 5.0
 STEP_ROW_TARGET_S = 1.0

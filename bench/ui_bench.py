@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.jobs.lifecycle import create_job
+from app.jobs.metrics import MetricWriter
 from app.settings import Settings
 from app.store import projects
 from app.store.coco_export import dataset_snapshot
-from app.store.jobs import create_job
-from app.store.metrics import append_metrics
 from app.store.uploads import ingest_files
 from app.studio import open_studio
 from app.ui import annotate_edits, annotate_navigation, annotate_proposals, train_handlers
@@ -108,8 +108,9 @@ def main() -> None:
     job = create_job(studio.engine, project.id, {"schedule": {"max_steps": args.rows}},
                      dataset_snapshot(studio.engine, project.id))
     steps = args.rows // (2 * len(TERMS))
-    append_metrics(studio.engine, job.id, [{"step": step, "split": "train", "name": name, "value": 1.0 / step}
-                                           for step in range(1, steps + 1) for name in TERMS])
+    with MetricWriter(studio.engine, job.id) as writer:
+        writer.add([{"step": step, "split": "train", "name": name, "value": 1.0 / step}
+                    for step in range(1, steps + 1) for name in TERMS])
     terms = list(CURVE_TERMS)
     first_load, loaded = timed(train_handlers.show_project, studio, project.id, None, terms)
     view = loaded[2 + VIEW.index("view")]  # show_project returns (summary, message, *job view)
@@ -119,8 +120,9 @@ def main() -> None:
         idle.append(elapsed)
         view = result[VIEW.index("view")]
         step = steps + repeat + 1
-        append_metrics(studio.engine, job.id, [{"step": step, "split": split, "name": name, "value": 0.5}
-                                               for split in ("train", "val") for name in TERMS[:6]])
+        with MetricWriter(studio.engine, job.id) as writer:
+            writer.add([{"step": step, "split": split, "name": name, "value": 0.5}
+                        for split in ("train", "val") for name in TERMS[:6]])
         elapsed, result = timed(train_handlers.tick, studio, project.id, job.id, view, terms)
         fresh.append(elapsed)
         view = result[VIEW.index("view")]

@@ -33,7 +33,7 @@ RUN pip install --no-deps -e . \
  && chown studio:studio /app /data /cache/huggingface /locks
 
 USER studio
-# The same worker as worker/process.py starts: solo pool, one task at a time, nothing
+# The same worker as app/jobs/embedded_worker.py starts: solo pool, one task at a time, nothing
 # prefetched, so a waiting job stays in the queue for the next free GPU.
 ENTRYPOINT ["/app/docker/worker-entrypoint.sh"]
 CMD ["celery", "-A", "worker.celery_app", "worker", "-Q", "train", "--pool=solo", "--concurrency=1", \

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from peft import PeftModel
@@ -41,13 +42,29 @@ class AdapterFolderError(ValueError):
 
 def save_adapter(peft_model: PeftModel, folder: str | Path) -> Path:
     """Write `peft_model`'s adapter to `folder` atomically (replacing any adapter there); return the folder."""
+
+    def write(temp: Path) -> None:
+        peft_model.save_pretrained(temp)
+        _require_adapter_files(temp)
+
+    return replace_folder_atomically(folder, write)
+
+
+def replace_folder_atomically(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Make `folder` hold exactly what `write(temp)` puts into an empty temp sibling, atomically.
+
+    `write` fills `.<name>.tmp-XXXX`; every file in it and the folder itself are fsynced, then
+    it is swapped into place (`_move_into_place`: readers see the whole old or the whole new
+    folder, never none), and the parent is fsynced. If `write` raises, the temp is removed and
+    `folder` is left as it was. Stale temp / backup siblings of an earlier crash are settled
+    first. One writer per folder. Returns `folder`.
+    """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_swap(folder)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
-        peft_model.save_pretrained(temp)
-        _require_adapter_files(temp)
+        write(temp)
         for path in temp.iterdir():
             fsync_path(path)
         fsync_path(temp)

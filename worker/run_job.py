@@ -3,7 +3,8 @@
 The Celery task (worker/tasks.py) claims the job, then starts this module in a child
 process and waits for it; the child's exit returns every byte of GPU memory, which
 `worker_max_tasks_per_child` cannot do under `--pool=solo`. Under torchrun
-(`gpus > 1`) every rank runs this module; only rank 0 exports, writes rows and files.
+(`gpus > 1`) every rank runs this module; only rank 0 (settings.RANK, set by torchrun)
+exports, writes rows and files.
 
     job row (frozen config + dataset snapshot)
       -> DATA_DIR/jobs/<id>/data/{train,val}/  COCO export of the snapshot (once; reused on resume)
@@ -21,26 +22,24 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from app.jobs.lifecycle import beat, finish_job, get_job, record_adapter, set_checkpoint
+from app.jobs.metrics import MetricWriter, delete_metrics_after
+from app.jobs.recipe import job_train_config
 from app.settings import Settings, load_settings
-from app.finetune import job_train_config
 from app.store.coco_export import export_coco
 from app.store.dataset_stats import has_val_images
 from app.store.db import make_engine, read_session
-from app.store.jobs import beat, finish_job, get_job, record_adapter, set_checkpoint
 from app.store.media import media_path
-from app.store.metrics import MetricWriter, delete_metrics_after
 from app.store.models import Adapter, Job
-from sam3_lora.adapter_io import fsync_path
+from sam3_lora.adapter_io import replace_folder_atomically
 from sam3_lora.config import TrainConfig
 from sam3_lora.train import TrainResult, train
 from worker.model_card import write_model_card
@@ -60,10 +59,6 @@ def adapter_relative_path(job_id: int) -> str:
     return f"adapters/job-{job_id}"
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def export_job_data(engine: Engine, settings: Settings, job: Job) -> dict:
     """Export the job's frozen snapshot once (reused on resume); returns the `data` paths for TrainConfig.
 
@@ -74,7 +69,7 @@ def export_job_data(engine: Engine, settings: Settings, job: Job) -> dict:
     data_dir = job_folder(settings, job.id) / "data"
     train_json, val_json = data_dir / "train" / "annotations.json", data_dir / "val" / "annotations.json"
     use_val = has_val_images(engine, job.project_id)
-    if _rank() == 0:
+    if settings.RANK == 0:
         snapshot = json.loads(job.dataset_snapshot)
         for split, path in (("train", train_json), ("val", val_json)) if use_val else ((None, train_json),):
             if not path.is_file():
@@ -149,28 +144,16 @@ class _EventRecorder:
 def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: TrainResult, partial: bool) -> str:
     """Copy the run's adapter + model card into the media store atomically; returns its relative path.
 
-    Written into a temp sibling, every file and the folder fsynced, then renamed: readers
-    see no folder or the whole folder. A folder left by an earlier attempt is replaced.
+    replace_folder_atomically: written into a temp sibling, fsynced, then swapped into place,
+    so readers see the folder of an earlier attempt or the whole new one, never none.
     """
     relative = adapter_relative_path(job.id)
-    target = media_path(settings.media_dir, relative)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def write(temp: Path) -> None:
         shutil.copytree(result.adapter_dir, temp, dirs_exist_ok=True)
         write_model_card(temp, job_id=job.id, config=cfg.to_dict(), result=result, partial=partial)
-        for path in temp.iterdir():
-            fsync_path(path)
-        fsync_path(temp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    fsync_path(target.parent)
+
+    replace_folder_atomically(media_path(settings.media_dir, relative), write)
     return relative
 
 
@@ -215,11 +198,11 @@ def run_job(settings: Settings, job_id: int) -> str:
             beat(engine, job_id, job.step, job.total_steps, attempt=job.attempt)  # export may have been long
             with MetricWriter(engine, job_id, max_delay_s=0.5) as writer:
                 result = train(cfg, _EventRecorder(engine, job, writer))
-            if _rank() != 0:
+            if settings.RANK != 0:
                 return ""
             return _finish(engine, settings, job, cfg, result)
         except Exception as error:
-            if _rank() == 0:
+            if settings.RANK == 0:
                 finish_job(engine, job_id, "failed", error=f"{type(error).__name__}: {error}", attempt=job.attempt)
             raise
     finally:

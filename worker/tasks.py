@@ -11,14 +11,13 @@ A child stopped with its worker (SIGTERM: `sam3-studio` or the worker shutting d
 not a failure: its job goes back to queued and resumes from its checkpoint when sent again.
 
 On worker start (`worker_ready`) the sweeps run once, so a job orphaned by a killed
-worker is re-queued and picked up by the new one. JOB_STALE_AFTER_S (seconds, default
-job_sweep.STALE_AFTER_S) sets how old a heartbeat must be to count as lost; tests lower it.
+worker is re-queued and picked up by the new one. settings.JOB_STALE_AFTER_S sets how old
+a heartbeat must be to count as lost; tests lower it.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -30,12 +29,12 @@ from pathlib import Path
 from celery import current_task, shared_task
 from celery.signals import worker_ready, worker_shutting_down
 
+from app.jobs.embedded_worker import kill_with_parent
+from app.jobs.lifecycle import claim_job, finish_job, get_job, release_job
+from app.jobs.queue import TRAIN_TASK, send_train
+from app.jobs.sweep import run_sweeps
 from app.settings import Settings, load_settings
 from app.store.db import make_engine
-from app.store.job_sweep import STALE_AFTER_S, enqueue_pending, sweep_stale_jobs
-from app.store.jobs import claim_job, finish_job, get_job, release_job
-from worker.celery_app import TRAIN_TASK, send_train
-from worker.process import kill_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -111,23 +110,14 @@ def train(job_id: int) -> None:
     run_child(settings, job_id, job.attempt, _job_gpus(job.config_json))
 
 
-def _stale_after_s() -> float:
-    raw = os.environ.get("JOB_STALE_AFTER_S", "")
-    return float(raw) if raw else STALE_AFTER_S
-
-
 @worker_ready.connect
 def sweep_on_start(sender=None, **_) -> None:
     """Re-queue jobs whose worker died (and send jobs the broker never got) as this worker starts."""
     app = sender.app if sender is not None else current_task.app
     settings = load_settings()
     engine = make_engine(settings.database_url)
-    send = partial(send_train, app)
     try:
-        requeued = sweep_stale_jobs(engine, _stale_after_s(), send)
-        sent = enqueue_pending(engine, send)
-        if requeued or sent:
-            logger.info("start sweep: stale jobs %s, sent %s", requeued, sent)
+        run_sweeps(engine, partial(send_train, app), settings.JOB_STALE_AFTER_S)
     except Exception:  # a sweep failure must not stop the worker; the studio's sweep retries
         logger.exception("start sweep failed")
     finally:

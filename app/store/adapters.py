@@ -1,7 +1,7 @@
 """Trained adapters of a project: list, look up, zip for download, delete (row first, then
 the PEFT folder).
 
-Rows are written by the worker (app.store.jobs.record_adapter); `path` is relative to
+Rows are written by the worker (app.jobs.lifecycle.record_adapter); `path` is relative to
 the media folder, so `adapter_folder` resolves it with the media store's path checks.
 """
 from __future__ import annotations

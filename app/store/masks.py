@@ -42,12 +42,6 @@ def _for_pycocotools(rle: RLE) -> RLE:
     return {"size": [height, width], "counts": counts}
 
 
-def normalize_rle(rle: RLE) -> RLE:
-    """A trusted COCO RLE (string, bytes or uncompressed list counts) -> compressed, string counts."""
-    compact = _for_pycocotools(rle)
-    return {"size": [int(v) for v in compact["size"]], "counts": compact["counts"].decode("ascii")}
-
-
 def rle_to_mask(rle: RLE) -> np.ndarray:
     """RLE -> mask bool [H, W]."""
     return coco_mask.decode(_for_pycocotools(rle)).astype(bool)
@@ -56,11 +50,6 @@ def rle_to_mask(rle: RLE) -> np.ndarray:
 def rle_area(rle: RLE) -> int:
     """Number of foreground pixels."""
     return int(coco_mask.area(_for_pycocotools(rle)))
-
-
-def rle_bbox(rle: RLE) -> list[float]:
-    """Tight box [x, y, w, h] of the foreground (all zeros when empty)."""
-    return [float(v) for v in coco_mask.toBbox(_for_pycocotools(rle))]
 
 
 # Work per annotation is bounded (issue 13: a 206-byte file with the polygon
@@ -193,11 +182,6 @@ def coco_shape_to_rle(segmentation: Any, bbox: Any, height: int, width: int) -> 
         raise ValueError(f"zero-area box {bbox}")
     outside = box[0] < 0 or box[1] < 0 or box[0] + box[2] > width or box[1] + box[3] > height
     return mask_to_rle(box_to_mask(box, height, width)), "box-clipped" if outside else "box"
-
-
-def rle_to_json(rle: RLE) -> str:
-    """RLE -> the text stored in `Annotation.rle` (same form as annotations.check_mask writes)."""
-    return json.dumps(normalize_rle(rle))
 
 
 def rle_from_json(text: str) -> RLE:

@@ -17,7 +17,7 @@ import math
 import pandas as pd
 from sqlalchemy import Engine
 
-from app.store.metrics import read_metrics
+from app.jobs.metrics import read_metrics
 
 CURVE_TERMS = ("loss", "loss_bbox", "loss_giou", "loss_ce", "loss_presence", "loss_mask", "loss_dice")
 SPLITS = ("train", "val")
@@ -105,11 +105,3 @@ def curve_frame(curve: dict | None, terms: list[str] | tuple[str, ...] = CURVE_T
     frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
     return frame.astype({"step": "int64", "value": "float64", "series": "str"})
 
-
-def last_value(curve: dict | None, term: str = "loss", split: str = "train") -> tuple[int, float] | None:
-    """(step, value) of the series' latest point, or None."""
-    points = (curve or {}).get("points", {}).get(series_name(term, split))
-    if not points:
-        return None
-    step = max(points)
-    return step, points[step]

@@ -18,15 +18,17 @@ from typing import Any
 
 import gradio as gr
 
-from app.finetune import (DEFAULT_PRESET, build_job_config, display_value, editable_specs, form_overrides,
-                          preset_values, submit_finetune, train_sender)
+from app.jobs.lifecycle import ACTIVE_STATES, JobError, get_job, list_jobs, request_cancel, submit_job
+from app.jobs.progress import steps_per_second
+from app.jobs.queue import train_sender
+from app.jobs.recipe import DEFAULT_PRESET, build_job_config, preset_values
+from app.store.coco_export import dataset_snapshot
 from app.store.dataset_stats import has_val_images
-from app.store.jobs import ACTIVE_STATES, JobError, get_job, list_jobs, request_cancel
-from app.store.job_progress import steps_per_second
 from app.store.models import Job
 from app.studio import Studio
 from app.ui.curves import CURVE_TERMS, curve_frame, refresh_curve
 from app.ui.messages import NO_PROJECT, refusal
+from app.ui.train_form import display_value, editable_specs, form_overrides
 from app.ui.train_jobs import job_choices, job_outcome, job_rows, progress_html
 from app.ui.train_summary import project_summary
 from sam3_lora.config import ConfigError
@@ -130,7 +132,8 @@ def start_finetune(studio: Studio, project_id: Any, preset: str, view: dict | No
         overrides = form_overrides({spec.key: value for spec, value in zip(specs, field_values)})
         config = build_job_config(preset, overrides, studio.models.status().source,
                                   has_val_images(studio.engine, project_id))
-        job = submit_finetune(studio.engine, project_id, config, send or train_sender(studio.settings))
+        job = submit_job(studio.engine, project_id, config, dataset_snapshot(studio.engine, project_id),
+                         send or train_sender(studio.settings))
     except (ConfigError, JobError, ValueError) as error:
         return (refusal("cannot start the fine-tune", error), *job_view(studio, project_id, None, view, terms))
     sent = ("" if job.enqueued_at is not None

@@ -2,7 +2,7 @@
 outcome (state, failure message, before/after mAP). Plain values from job rows.
 
     progress % = 100 * step / total_steps
-    ETA        = (total_steps - step) / rate,  rate from app.store.job_progress.steps_per_second
+    ETA        = (total_steps - step) / rate,  rate from app.jobs.progress.steps_per_second
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from app.jobs.progress import as_utc, steps_per_second
 from app.store.adapters import adapter_metrics, adapter_of_job, map_before_after
-from app.store.job_progress import as_utc, steps_per_second
 from app.store.models import Job
 
 JOB_HEADERS = ["Job", "State", "Progress", "Step", "ETA", "Started (UTC)", "Error"]

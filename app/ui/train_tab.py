@@ -2,7 +2,7 @@
 (bound to the studio with functools.partial). No logic here.
 
 The Advanced accordion has one field per TrainConfig key, generated from
-app.finetune.field_specs(); keys the worker sets are shown read-only with the reason.
+app.ui.train_form.field_specs(); keys the worker sets are shown read-only with the reason.
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from itertools import groupby
 
 import gradio as gr
 
-from app.finetune import DEFAULT_PRESET, PRESETS, WORKER_KEYS, FieldSpec, display_value, field_specs, preset_values
+from app.jobs.recipe import DEFAULT_PRESET, PRESET_NAMES, WORKER_KEYS, preset_values
 from app.studio import Studio
 from app.ui import train_handlers as handlers
 from app.ui.curves import CURVE_TERMS, SERIES_COLOURS, TERM_LABELS, curve_frame
+from app.ui.train_form import FieldSpec, display_value, field_specs
 from app.ui.train_jobs import JOB_HEADERS
 
 
@@ -63,7 +64,7 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
             refresh_button = gr.Button("Refresh summary", size="sm", elem_id="train-refresh")
         with gr.Column(scale=3, min_width=420):
             gr.Markdown("### Fine-tune")
-            preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset",
+            preset = gr.Radio(list(PRESET_NAMES), value=DEFAULT_PRESET, label="Preset", elem_id="train-preset",
                               info="Quick: decoder LoRA, 40 steps · Balanced: 10 epochs · Thorough: full LoRA, 20 epochs")
             with gr.Accordion("Advanced: every training setting", open=False, elem_id="train-advanced"):
                 fields = _advanced_fields()

@@ -1,6 +1,6 @@
 """docker-compose.yml and the Dockerfiles, checked without Docker: every command names a real
-entry point of the project, the worker is the one worker/process.py starts, app and workers
-share DATA_DIR / REDIS_URL / DATABASE_URL, workers scale with a GPU reservation, and the
+entry point of the project, the worker is the one app/jobs/embedded_worker.py starts, app and
+workers share DATA_DIR / REDIS_URL / DATABASE_URL, workers scale with a GPU reservation, and the
 images contain every file their commands run. `docker compose config` runs too where a
 Docker client with the compose plugin exists (not on the machines these tests usually run on).
 """
@@ -13,9 +13,9 @@ import subprocess
 import pytest
 import yaml
 
+from app.jobs.embedded_worker import worker_command
 from tests.deploy.entry_points import (REPO_ROOT, THIRD_PARTY_PROGRAMS, check_entry_point, dockerfile_argvs,
                                        dockerignore_patterns, dockerignored, parse_celery, repo_path, service_argvs)
-from worker.process import worker_command
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILES = {"app": REPO_ROOT / "Dockerfile", "worker": REPO_ROOT / "docker" / "worker.Dockerfile"}
@@ -70,8 +70,9 @@ def test_every_command_names_a_real_entry_point(services):
     }
 
 
-def test_the_compose_worker_is_the_worker_that_process_py_starts(services):
-    """Same queue, pool, concurrency, prefetch, gossip and mingle as worker/process.py; only the node name differs."""
+def test_the_compose_worker_is_the_embedded_worker(services):
+    """Same queue, pool, concurrency, prefetch, gossip and mingle as app/jobs/embedded_worker.py starts;
+    only the node name differs."""
     compose_name, compose_params = parse_celery(services["worker"]["command"][1:])
     dockerfile_cmd = dict(dockerfile_argvs(DOCKERFILES["worker"]))["CMD"]
     process_name, process_params = parse_celery(worker_command()[3:])  # [python, -m, celery, ...]
@@ -123,7 +124,8 @@ def test_workers_scale_out_one_per_gpu(services):
 def test_the_images_contain_every_file_the_commands_run():
     patterns = dockerignore_patterns()
     needed = ["pyproject.toml", "README.md", "alembic.ini", "migrations/env.py", "app/main.py", "worker/celery_app.py",
-              "sam3_lora/train.py", "docker/app_health.py", "docker/worker_health.py", "docker/worker-entrypoint.sh"]
+              "app/jobs/presets/quick.yaml", "sam3_lora/train.py", "docker/app_health.py", "docker/worker_health.py",
+              "docker/worker-entrypoint.sh"]
     kept_out = [path for path in needed if dockerignored(path, patterns)]
     assert kept_out == [] and all((REPO_ROOT / path).is_file() for path in needed)
     assert all(dockerignored(path, patterns) for path in (".venv/bin/python", ".git/HEAD", "data/studio.db"))

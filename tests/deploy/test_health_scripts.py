@@ -21,15 +21,15 @@ from functools import partial
 import pytest
 from sqlmodel import SQLModel
 
+from app.jobs.embedded_worker import start_worker, stop_worker
+from app.jobs.lifecycle import create_job, get_job
+from app.jobs.queue import make_celery, send_train
 from app.settings import Settings
 from app.store.db import make_engine
-from app.store.jobs import create_job, get_job
 from tests.deploy.entry_points import REPO_ROOT
 from tests.jobs.conftest import CONFIG, SNAPSHOT, add_project
 from tests.jobs.slow_echo_tasks import SLOW_ECHO_TASK
 from tests.services import free_port
-from worker.celery_app import make_celery, send_train
-from worker.process import start_worker, stop_worker
 
 PYTHONPATH = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
 WAIT_S = 60

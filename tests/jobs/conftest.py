@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 
+from app.jobs.metrics import MetricWriter
 from app.store.db import make_engine, write_session
 from app.store.models import Project
 from tests.services import truncate_all
@@ -23,6 +24,12 @@ def add_project(engine: Engine, name: str = "cracks") -> int:
         session.add(project)
         session.flush()
         return project.id
+
+
+def write_metric_rows(engine: Engine, job_id: int, rows: list[dict]) -> None:
+    """Write `rows` as the worker does (MetricWriter; all written when it closes)."""
+    with MetricWriter(engine, job_id) as writer:
+        writer.add(rows)
 
 
 def new_store(data_dir: Path) -> tuple[Engine, int]:

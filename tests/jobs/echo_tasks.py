@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from celery import current_task, shared_task
 
+from app.jobs.lifecycle import beat, claim_job, finish_job
 from app.settings import load_settings
 from app.store.db import make_engine
-from app.store.jobs import beat, claim_job, finish_job
 
 ECHO_TASK = "worker.echo"
 

@@ -13,9 +13,9 @@ import time
 
 from celery import current_task, shared_task
 
+from app.jobs.lifecycle import beat, claim_job, finish_job
 from app.settings import load_settings
 from app.store.db import make_engine
-from app.store.jobs import beat, claim_job, finish_job
 
 SLOW_ECHO_TASK = "worker.slow_echo"
 

@@ -1,5 +1,5 @@
 """A real message round trip through each broker (Redis, the embedded SQLite file) to a
-real worker process started with worker/process.py, running tests.jobs.echo_tasks."""
+real worker process started with app/jobs/embedded_worker.py, running tests.jobs.echo_tasks."""
 from __future__ import annotations
 
 import os
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from app.jobs.embedded_worker import start_worker, stop_worker
+from app.jobs.lifecycle import FINAL_STATES, create_job, get_job, submit_job
+from app.jobs.queue import make_celery, send_train
 from app.settings import Settings
-from app.store.jobs import FINAL_STATES, create_job, get_job, submit_job
 from tests.jobs.conftest import CONFIG, SNAPSHOT, new_store
 from tests.jobs.echo_tasks import ECHO_TASK
 from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
-from worker.celery_app import make_celery, send_train
-from worker.process import start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A cold worker starts in ~4 s on an idle 2-core machine; an echo job takes milliseconds.

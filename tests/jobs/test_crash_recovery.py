@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from app.store.jobs import FINAL_STATES, submit_job
-from app.store.metrics import read_metrics
+from app.jobs.embedded_worker import stop_worker
+from app.jobs.lifecycle import FINAL_STATES, submit_job
+from app.jobs.metrics import read_metrics
 from tests.jobs.test_train_task import (adapters_of, job_config, job_row, launch_worker, new_project, own_redis_db,
                                         sender, wait_for)
 from tests.waiting import work_deadline_s
-from worker.process import stop_worker
 
 STALE_AFTER_S = "3"  # the new worker's start sweep treats a 3 s old heartbeat as a lost worker
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from app.store.jobs import create_job
-from app.store.metrics import MetricWriter, append_metrics, delete_metrics_after, read_metrics
-from tests.jobs.conftest import CONFIG, SNAPSHOT
+from app.jobs.lifecycle import create_job
+from app.jobs.metrics import MetricWriter, delete_metrics_after, read_metrics
+from tests.jobs.conftest import CONFIG, SNAPSHOT, write_metric_rows
 
 
 @pytest.fixture
@@ -23,28 +23,29 @@ def steps(engine, job_id) -> list[int]:
     return [metric.step for metric in read_metrics(engine, job_id)]
 
 
-def test_append_is_all_or_nothing(engine, job_id):
-    assert append_metrics(engine, job_id, [loss(1), loss(1, name="lr")]) == 2
-    with pytest.raises(ValueError, match="'loss' at step 2 of job .* not finite"):
-        append_metrics(engine, job_id, [loss(2), loss(2, float("nan"))])
-    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
-        append_metrics(engine, job_id, [{**loss(3), "colour": "red"}])
-    with pytest.raises(ValueError, match="split 'test'"):
-        append_metrics(engine, job_id, [{**loss(3), "split": "test"}])
+def test_a_bad_row_refuses_its_whole_batch(engine, job_id):
+    with MetricWriter(engine, job_id, max_delay_s=60) as writer:
+        writer.add([loss(1), loss(1, name="lr")])
+        with pytest.raises(ValueError, match="'loss' at step 2 of job .* not finite"):
+            writer.add([loss(2), loss(2, float("nan"))])
+        with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+            writer.add([{**loss(3), "colour": "red"}])
+        with pytest.raises(ValueError, match="split 'test'"):
+            writer.add([{**loss(3), "split": "test"}])
     assert [(m.step, m.name, m.split) for m in read_metrics(engine, job_id)] == [(1, "loss", "train"), (1, "lr", "train")]
 
 
 def test_read_metrics_after_id_is_incremental(engine, job_id):
-    append_metrics(engine, job_id, [loss(1), loss(2), loss(3)])
+    write_metric_rows(engine, job_id, [loss(1), loss(2), loss(3)])
     first = read_metrics(engine, job_id)
-    append_metrics(engine, job_id, [loss(4), loss(5)])
+    write_metric_rows(engine, job_id, [loss(4), loss(5)])
     new = read_metrics(engine, job_id, after_id=first[-1].id)
     assert [m.step for m in new] == [4, 5]
     assert read_metrics(engine, job_id, after_id=new[-1].id) == []
 
 
 def test_delete_metrics_after_keeps_rows_up_to_the_checkpoint(engine, job_id):
-    append_metrics(engine, job_id, [loss(step, name=name) for step in range(1, 6) for name in ("loss", "lr")])
+    write_metric_rows(engine, job_id, [loss(step, name=name) for step in range(1, 6) for name in ("loss", "lr")])
     assert delete_metrics_after(engine, job_id, step=3) == 4
     assert steps(engine, job_id) == [1, 1, 2, 2, 3, 3]
 

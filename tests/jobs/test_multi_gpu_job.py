@@ -25,17 +25,17 @@ from peft import PeftModel
 from torch.utils.data import DistributedSampler
 from transformers import Sam3Model
 
+from app.jobs.embedded_worker import start_worker, stop_worker
+from app.jobs.lifecycle import FINAL_STATES, get_job, submit_job
+from app.jobs.metrics import read_metrics
+from app.jobs.queue import make_celery, send_train
 from app.settings import Settings
-from app.store.jobs import FINAL_STATES, get_job, submit_job
-from app.store.metrics import read_metrics
 from sam3_lora.tiny import build_tiny_tokenizer
 from sam3_lora.train_data import build_train_data
 from tests.conftest import DEFAULT_POSTGRES_URL
 from tests.jobs.test_train_task import (adapters_of, job_config, job_deadline_s, job_row, logs, new_project,
                                         wait_for, worker_env)
 from tests.services import fresh_postgres_database, postgres_answers
-from worker.celery_app import make_celery, send_train
-from worker.process import start_worker, stop_worker
 from worker.run_job import build_train_config, export_job_data
 
 WORLD_SIZE = 2

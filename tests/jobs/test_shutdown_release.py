@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from app.jobs.lifecycle import claim_job, create_job, get_job, release_job, request_cancel
 from app.settings import Settings
-from app.store.jobs import claim_job, create_job, get_job, release_job, request_cancel
 from tests.jobs.conftest import CONFIG, SNAPSHOT
 from worker import tasks
 

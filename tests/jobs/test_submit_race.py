@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from app.store.jobs import JobError, create_job, list_jobs
+from app.jobs.lifecycle import JobError, create_job, list_jobs
 from tests.jobs.conftest import CONFIG, SNAPSHOT, add_project
 
 CLICKS = 6

@@ -1,5 +1,5 @@
-"""The training task end to end with real worker processes (worker/process.py), real
-brokers (Redis and the embedded SQLite file) and the tiny SAM3 on a tiny synthetic project.
+"""The training task end to end with real worker processes (app/jobs/embedded_worker.py),
+real brokers (Redis and the embedded SQLite file) and the tiny SAM3 on a tiny synthetic project.
 
 The helpers at the top are shared with test_crash_recovery.py: a project built through
 the store (create_project, add_concept, import_coco of write_synthetic_coco output),
@@ -19,20 +19,20 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlmodel import SQLModel, select
 
+from app.jobs.lifecycle import FINAL_STATES, request_cancel, submit_job
+from app.jobs.metrics import read_metrics
+from app.jobs.sweep import enqueue_pending
 from app.settings import Settings
 from app.store.coco_export import dataset_snapshot
 from app.store.coco_import import import_coco
 from app.store.db import make_engine, read_session
-from app.store.job_sweep import enqueue_pending
-from app.store.jobs import FINAL_STATES, request_cancel, submit_job
-from app.store.metrics import read_metrics
 from app.store.models import Adapter, Job
 from app.store.projects import add_concept, create_project
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
 from transformers import Sam3Model
-from worker.celery_app import make_celery, send_train
-from worker.process import start_worker, stop_worker
+from app.jobs.embedded_worker import start_worker, stop_worker
+from app.jobs.queue import make_celery, send_train
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Measured on an idle 2-core machine: a cold worker plus its training child importing torch and

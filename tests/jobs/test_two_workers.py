@@ -1,7 +1,7 @@
 """Several workers on one broker share the queue and run no job twice (reliability.md, "Jobs").
 
-Two real worker processes (worker/process.py) consume one Redis queue; every job is
-sent twice, back to back, so the two copies usually reach the two workers at the same
+Two real worker processes (app/jobs/embedded_worker.py) consume one Redis queue; every job
+is sent twice, back to back, so the two copies usually reach the two workers at the same
 time and race on claim_job's compare-and-set. On SQLite (one file in the shared
 DATA_DIR) and on PostgreSQL (a database of this test's own): each job is claimed
 exactly once, the other copy is refused, every row ends succeeded at attempt 1, and
@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 from sqlmodel import SQLModel
 
+from app.jobs.embedded_worker import start_worker, stop_worker
+from app.jobs.lifecycle import FINAL_STATES, create_job, get_job
+from app.jobs.queue import make_celery, send_train
 from app.settings import Settings
 from app.store.db import make_engine
-from app.store.jobs import FINAL_STATES, create_job, get_job
 from tests.jobs.conftest import CONFIG, SNAPSHOT, add_project
 from tests.jobs.slow_echo_tasks import SLOW_ECHO_TASK
 from tests.services import fresh_postgres_database
 from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
-from worker.celery_app import make_celery, send_train
-from worker.process import start_worker, stop_worker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_JOBS = 8

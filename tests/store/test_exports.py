@@ -12,14 +12,15 @@ import yaml
 from PIL import Image as PILImage
 from pycocotools.coco import COCO
 
+from app.store.annotations import check_mask
 from app.store.coco_export import ExportError, dataset_snapshot, export_coco
-from app.store.png_mask_export import export_png_masks
-from app.store.yolo_export import export_yolo_seg
 from app.store.db import read_session, write_session
-from app.store.masks import mask_to_rle, polygons_to_rle, rle_area, rle_bbox, rle_to_json, rle_to_mask
+from app.store.masks import mask_to_rle, polygons_to_rle, rle_to_mask
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from app.store.polygons import mask_to_polygons, trace_outer_boundary
+from app.store.png_mask_export import export_png_masks
 from app.store.uploads import ingest_files
+from app.store.yolo_export import export_yolo_seg
 from tests.store.test_uploads import image_bytes, make_project
 
 MB = 1024 * 1024
@@ -63,11 +64,11 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def add_version(engine, image_id: int, concept_id: int, mask: np.ndarray, annotation_id: int | None = None,
                 deleted: bool = False) -> int:
     """Create (annotation_id None) or bump an annotation, with its "saved" history row."""
-    rle = mask_to_rle(mask)
-    values = dict(concept_id=concept_id, rle=rle_to_json(rle), bbox=json.dumps(rle_bbox(rle)), deleted=deleted)
+    checked = check_mask(mask_to_rle(mask))  # the columns as the store writes them
+    values = dict(concept_id=concept_id, rle=checked.rle_json, bbox=checked.bbox_json, deleted=deleted)
     with write_session(engine) as session:
         if annotation_id is None:
-            row = Annotation(image_id=image_id, area=rle_area(rle), revision=1, **values)
+            row = Annotation(image_id=image_id, area=checked.area, revision=1, **values)
         else:
             row = session.get(Annotation, annotation_id)
             for key, value in values.items():

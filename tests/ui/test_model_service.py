@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.jobs.lifecycle import record_adapter
 from app.model_service import ProposalModels, tiny_model_folder
 from app.settings import Settings
 from app.store.adapters import AdapterNotFound, adapter_folder, delete_adapter, get_adapter, list_adapters
-from app.store.jobs import record_adapter
 from app.store.projects import create_project
 from app.studio import open_studio
 from app.ui.layout import model_banner, refresh_banner

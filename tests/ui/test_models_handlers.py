@@ -9,10 +9,9 @@ import pytest
 from peft import PeftModel
 from transformers import Sam3Model
 
+from app.jobs.lifecycle import claim_job, create_job, finish_job, record_adapter
 from app.settings import Settings
 from app.store.adapters import adapter_folder, get_adapter
-from app.store.jobs import claim_job, create_job, finish_job, record_adapter
-from app.store.metrics import append_metrics
 from app.store.projects import create_project
 from app.studio import open_studio
 from app.ui import models_handlers as handlers
@@ -20,6 +19,7 @@ from app.ui.messages import REFUSED
 from app.ui.proposal_choices import BASE_CHOICE
 from sam3_lora.adapter_io import CONFIG_FILE, WEIGHTS_FILE, save_adapter
 from sam3_lora.lora import LoraSettings, apply_lora
+from tests.jobs.conftest import write_metric_rows
 
 SHOWN = {name: index for index, name in enumerate(["rows", "choice", "details", "curve", "download", "message", "pending"])}
 
@@ -42,7 +42,7 @@ def trained_adapter(studio, project_id: int, lora_model, name: str = "") -> int:
     """A succeeded job with train/val loss rows and its adapter folder + row; returns the adapter id."""
     job = create_job(studio.engine, project_id, {"lora": {"rank": 4}}, [[1, 1]])
     claim_job(studio.engine, job.id, "w1")
-    append_metrics(studio.engine, job.id, [
+    write_metric_rows(studio.engine, job.id, [
         {"step": 0, "split": "val", "name": "loss", "value": 3.0},
         {"step": 1, "name": "loss", "value": 2.5}, {"step": 2, "name": "loss", "value": 2.0},
         {"step": 2, "name": "loss_dice", "value": 0.4}, {"step": 2, "name": "lr", "value": 1e-4},

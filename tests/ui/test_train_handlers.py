@@ -10,22 +10,23 @@ import pandas as pd
 import pytest
 from sqlalchemy import update
 
+from app.jobs.lifecycle import beat, claim_job, finish_job, get_job, record_adapter
+from app.jobs.recipe import preset_values
 from app.settings import Settings
 from app.store.annotations import save_annotation
 from app.store.coco_export import dataset_snapshot
 from app.store.coco_import import import_coco
 from app.store.dataset_stats import dataset_summary
 from app.store.db import write_session
-from app.store.jobs import beat, claim_job, finish_job, get_job, record_adapter
-from app.store.metrics import append_metrics
 from app.store.models import Job, Metric
 from app.store.projects import add_concept, create_project, image_page, set_image_split
 from app.studio import open_studio
 from app.ui import train_handlers as handlers
 from app.ui.curves import CURVE_TERMS, SERIES
 from app.ui.messages import REFUSED
-from app.finetune import editable_specs, preset_values
+from app.ui.train_form import editable_specs
 from sam3_lora.synthetic import write_synthetic_coco
+from tests.jobs.conftest import write_metric_rows
 
 VIEW = {name: index for index, name in enumerate(handlers.VIEW_OUTPUTS)}
 TERMS = list(CURVE_TERMS)
@@ -191,9 +192,9 @@ def test_curve_reads_rows_incrementally_with_val_series_and_survives_a_reload(st
     job_id = send.sent[0]
     assert claim_job(studio.engine, job_id, "w1")
     beat(studio.engine, job_id, 2, 40)
-    append_metrics(studio.engine, job_id, _rows(0, "val", loss=9.0, loss_bbox=1.0, segm_mAP=0.1))
-    append_metrics(studio.engine, job_id, _rows(1, loss=8.0, loss_giou=0.5, loss_bbox_0=3.0, lr=1e-4)
-                   + _rows(2, loss=7.0, loss_giou=0.4))
+    write_metric_rows(studio.engine, job_id, _rows(0, "val", loss=9.0, loss_bbox=1.0, segm_mAP=0.1))
+    write_metric_rows(studio.engine, job_id, _rows(1, loss=8.0, loss_giou=0.5, loss_bbox_0=3.0, lr=1e-4)
+                      + _rows(2, loss=7.0, loss_giou=0.4))
 
     state = view[VIEW["view"]]
     ticked = handlers.tick(studio, project_id, job_id, state, TERMS)
@@ -209,7 +210,7 @@ def test_curve_reads_rows_incrementally_with_val_series_and_survives_a_reload(st
     again = handlers.tick(studio, project_id, job_id, state, TERMS)
     assert again[VIEW["curve"]] == {"__type__": "update"} and again[VIEW["job"]] == {"__type__": "update"}
 
-    append_metrics(studio.engine, job_id, _rows(3, loss=6.0) + _rows(3, "val", loss=6.5))
+    write_metric_rows(studio.engine, job_id, _rows(3, loss=6.0) + _rows(3, "val", loss=6.5))
     newer = handlers.tick(studio, project_id, job_id, state, TERMS)
     state = newer[VIEW["view"]]
     assert state["after_id"] == last_id + 2  # only the two new rows were read
@@ -229,7 +230,7 @@ def test_eta_comes_from_the_step_rate_of_the_current_attempt(studio, project_id)
     start(studio, project_id, send)
     job_id = send.sent[0]
     claim_job(studio.engine, job_id, "w1")
-    append_metrics(studio.engine, job_id, _rows(5, loss=1.0))
+    write_metric_rows(studio.engine, job_id, _rows(5, loss=1.0))
     beat(studio.engine, job_id, 25, 85)
     job = get_job(studio.engine, job_id)
     with write_session(studio.engine) as session:  # step 5 at t0, step 25 at t0 + 10 s: 2 steps/s

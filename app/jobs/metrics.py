@@ -50,13 +50,6 @@ def _insert(engine: Engine, values: list[dict[str, Any]]) -> None:
             session.execute(insert(Metric), values)
 
 
-def append_metrics(engine: Engine, job_id: int, rows: list[dict]) -> int:
-    """Insert all rows in one transaction (all or none); returns how many."""
-    values = [metric_values(job_id, row) for row in rows]
-    _insert(engine, values)
-    return len(values)
-
-
 def read_metrics(engine: Engine, job_id: int, after_id: int = 0) -> list[Metric]:
     """Rows of the job with id > after_id in id order: the UI passes its last id for an incremental poll."""
     with read_session(engine) as session:

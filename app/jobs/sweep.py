@@ -4,24 +4,31 @@
 submit: enqueued_at NULL) or whose message was lost (sent RESEND_AFTER_S ago and still
 not claimed) are sent again.
 
-`sweep_stale_jobs`: a running job whose heartbeat is older than `stale_after_s` lost
-its worker (kill -9, OOM, host gone). It goes back to queued (attempt kept; the next
-claim resumes from checkpoint_path) and is sent again; once attempt >= max_attempts it
-fails with the reason. A stale job whose cancel was requested becomes cancelled.
+`sweep_stale_jobs`: a running job whose heartbeat is older than `stale_after_s`
+(settings.JOB_STALE_AFTER_S) lost its worker (kill -9, OOM, host gone). It goes back to
+queued (attempt kept; the next claim resumes from checkpoint_path) and is sent again; once
+attempt >= max_attempts it fails with the reason. A stale job whose cancel was requested becomes cancelled.
+
+`run_sweeps` runs both once: every worker as it starts (worker/tasks.py) and `sam3-studio`
+every SWEEP_INTERVAL_S (`start_sweeper`, a daemon thread).
 
 Both are safe to run from several processes at once: every change is a guarded UPDATE
-(jobs.guarded_update / jobs.enqueue) and a duplicate message is a no-op at claim_job.
+(lifecycle.guarded_update / lifecycle.enqueue) and a duplicate message is a no-op at claim_job.
 """
 from __future__ import annotations
 
+import logging
+import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, or_
 from sqlmodel import select
 
+from app.jobs.lifecycle import SendJob, enqueue, guarded_update
 from app.store.db import read_session
-from app.store.jobs import SendJob, enqueue, guarded_update
 from app.store.models import Job, utcnow
+
+logger = logging.getLogger(__name__)
 
 # A message can be lost without an error at send time: Redis restarted without
 # persistence, the embedded broker file removed, or a worker killed after it took the
@@ -30,10 +37,7 @@ from app.store.models import Job, utcnow
 # short against the user's wait; re-sending a job that is merely waiting behind a
 # long run costs one extra message, which claim_job turns into a no-op.
 RESEND_AFTER_S = 30 * 60
-
-# A training worker beats every step and during evaluation and checkpoint saves;
-# 5 min without one is far beyond a slow step on a large image batch.
-STALE_AFTER_S = 5 * 60
+SWEEP_INTERVAL_S = 30.0
 
 
 def enqueue_pending(engine: Engine, send: SendJob, resend_after_s: float = RESEND_AFTER_S) -> list[int]:
@@ -83,3 +87,31 @@ def sweep_stale_jobs(engine: Engine, stale_after_s: float, send: SendJob) -> lis
         if new_state == "queued":
             enqueue(engine, job.id, send)
     return changed
+
+
+def run_sweeps(engine: Engine, send: SendJob, stale_after_s: float) -> tuple[list[tuple[int, str]], list[int]]:
+    """One pass: re-queue lost jobs, then send every queued job the broker does not hold.
+    Returns (sweep_stale_jobs' changes, the ids enqueue_pending sent)."""
+    changed = sweep_stale_jobs(engine, stale_after_s, send)
+    sent = enqueue_pending(engine, send)
+    if changed or sent:
+        logger.info("job sweep: stale %s, sent %s", changed, sent)
+    return changed, sent
+
+
+def _sweep_forever(engine: Engine, send: SendJob, stopping: threading.Event, interval_s: float,
+                   stale_after_s: float) -> None:
+    while not stopping.wait(interval_s):
+        try:
+            run_sweeps(engine, send, stale_after_s)
+        except Exception:  # a DB or broker blip: the next pass retries
+            logger.exception("job sweep failed")
+
+
+def start_sweeper(engine: Engine, send: SendJob, stopping: threading.Event, stale_after_s: float,
+                  interval_s: float = SWEEP_INTERVAL_S) -> threading.Thread:
+    """A daemon thread running `run_sweeps` every `interval_s` until `stopping` is set."""
+    sweeper = threading.Thread(target=_sweep_forever, args=(engine, send, stopping, interval_s, stale_after_s),
+                               name="job-sweep", daemon=True)
+    sweeper.start()
+    return sweeper

@@ -1,7 +1,8 @@
-"""Fine-tune jobs: submit, claim, heartbeat, cancel, finish (architecture.md, "Job states").
+"""A fine-tune job's life in its row: submit, claim, beat, cancel, finish, release, record the adapter
+(architecture.md, "Job states").
 
     queued -> running -> succeeded | failed | cancelled
-    running -> queued   only by the stale-heartbeat sweep (job_sweep.py)
+    running -> queued   only by the stale-heartbeat sweep (sweep.py) or a shutdown (release_job)
 
 Every transition is ONE guarded `UPDATE job SET ... WHERE id = ? AND state = ?`
 whose rowcount says whether it happened, so a duplicate broker delivery, two
@@ -239,14 +240,6 @@ def list_jobs(engine: Engine, project_id: int) -> list[Job]:
     """The project's jobs, newest first."""
     with read_session(engine) as session:
         return list(session.exec(select(Job).where(Job.project_id == project_id).order_by(Job.id.desc())))
-
-
-def active_job(engine: Engine, project_id: int) -> Job | None:
-    """The project's queued or running job, if any (at most one: `create_job` refuses a second)."""
-    with read_session(engine) as session:
-        return session.exec(
-            select(Job).where(Job.project_id == project_id, Job.state.in_(ACTIVE_STATES))
-        ).first()
 
 
 def record_adapter(engine: Engine, project_id: int, job_id: int | None, name: str, path: str,

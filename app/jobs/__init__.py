@@ -1,0 +1,14 @@
+"""The fine-tune job's one home (architecture.md, "Data flow of a fine-tune").
+
+    recipe.py           presets (presets/*.yaml, the same files as configs/), worker-set keys,
+                        the job row's config and the TrainConfig a job runs
+    lifecycle.py        the job row: submit / claim / beat / cancel / finish / release, the adapter row
+    queue.py            the Celery app factory and the sender (by task name, never by import)
+    sweep.py            re-send lost messages, re-queue jobs whose worker stopped beating
+    metrics.py          metric rows: the worker appends, the UI polls
+    progress.py         steps per second of a running attempt (the ETA)
+    embedded_worker.py  a worker child process (`celery -A worker.celery_app`, by name) and the
+                        services `sam3-studio` runs beside the web app
+
+The worker (worker/) imports this package; nothing here imports worker.
+"""
