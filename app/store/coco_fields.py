@@ -43,6 +43,14 @@ def parse_iscrowd(value: Any) -> bool:
     raise SkipAnnotation(f"iscrowd {value!r} is not 0, 1, true or false")
 
 
+def storable_id(value: Any) -> int | None:
+    """A COCO id as the integer column keeps it, or None (text ids, and ids outside PostgreSQL's
+    INTEGER range, are not kept: the export then uses the studio's id)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return None
+
+
 def category_table(categories: list[Any], used_ids: set) -> tuple[dict[Any, ConceptSource | str], list[str]]:
     """COCO category id -> its ConceptSource, or the reason it was not imported; plus notes.
 
@@ -81,8 +89,7 @@ def category_table(categories: list[Any], used_ids: set) -> tuple[dict[Any, Conc
                          "supercategory, as Roboflow writes it) and no annotation uses it: kept as their "
                          "supercategory, not made a concept")
             continue
-        coco_id = category_id if isinstance(category_id, int) and not isinstance(category_id, bool) else None
-        table[category_id] = ConceptSource(name, coco_id, supercategory)
+        table[category_id] = ConceptSource(name, storable_id(category_id), supercategory)
     return table, notes
 
 

@@ -30,7 +30,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from app.store.archive import MISSING, FileSource, open_zip, size_refusal, unsafe_member_name
-from app.store.coco_fields import Placement, annotation_mask, category_table, parse_iscrowd, placement
+from app.store.coco_fields import (
+    Placement, annotation_mask, category_table, parse_iscrowd, placement, storable_id,
+)
 from app.store.image_decode import DEFAULT_MAX_PIXELS
 from app.store.import_batches import (
     BatchWriter, ConceptSource, ImportReport, PendingAnnotation, SkipAnnotation, insert_batch, mark_reviewed,
@@ -114,15 +116,16 @@ def _image(run: _Run, index: int, entry: Any) -> None:
     run.used_files.add(found)
     decoded = check_file(name, run.source.read(found), run.max_bytes, run.max_pixels)
     place = decoded if isinstance(decoded, str) else placement(decoded, (entry.get("width"), entry.get("height")), name)
-    if isinstance(decoded, str) or place.startswith("refused: ") if isinstance(place, str) else False:
-        refusal = decoded if isinstance(decoded, str) else place.removeprefix("refused: ")
+    refusal = decoded if isinstance(decoded, str) else \
+        place.removeprefix("refused: ") if isinstance(place, str) and place.startswith("refused: ") else ""
+    if refusal:
         run.report.images.refused.append((name, refusal))
         run.images[image_id] = f"its image {name} was not imported ({refusal})"
         return
     kept_name = entry.get("original_name")  # our own export keeps the source's name here
     kept_name = kept_name if isinstance(kept_name, str) and not file_name_problem(kept_name) else name
     split = entry.get("split") if entry.get("split") in ("train", "val") else None
-    coco_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) else None
+    coco_id = storable_id(image_id)
     run.images[image_id] = f"its image {name} was not stored"  # until its batch is
 
     def stored(outcome: IngestOutcome) -> None:

@@ -193,10 +193,12 @@ def kept_ids(rows: Sequence, source_id: str) -> dict[int, int]:
 
 
 def safe_relative_name(name: str) -> str:
-    """A stored name as a relative posix path inside the export: no drive, root, '.', '..' or control characters."""
+    """A stored name as a relative posix path inside the export: no drive, root, '.', '..', leading dots
+    (importers skip hidden files) or control characters."""
     text = re.sub(r"[\x00-\x1f\x7f]", "", name.replace("\\", "/"))
     text = re.sub(r"^[A-Za-z]:", "", text)
-    return "/".join(part for part in PurePosixPath(text).parts if part not in ("/", ".", ".."))
+    parts = (part.lstrip(".") for part in PurePosixPath(text).parts if part != "/")  # no hidden files either
+    return "/".join(part for part in parts if part)
 
 
 def export_file_names(images: Sequence[Image], keep_folders: bool = True) -> dict[int, str]:

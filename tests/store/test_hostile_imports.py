@@ -251,3 +251,25 @@ def test_a_full_disk_stops_yolo_and_png_mask_imports_naming_what_was_not_stored(
         assert report.images.stopped.startswith("the disk of the media folder is full"), exported
         assert len(report.images.not_tried) == 2 and report.annotations_imported == 0, exported
         assert project_content(store.engine, project_id)["images"] == {}
+
+
+def test_ids_beyond_the_integer_column_and_hidden_names_are_handled(store, tmp_path):
+    from app.store.coco_export import export_coco
+
+    document = coco([dict(GOOD, id=1, image_id=10_000_000_000, category_id=2**40)],
+                    categories=[{"id": 2**40, "name": "thing"}],
+                    images=[{"id": 10_000_000_000, "file_name": "../.hidden.png", "width": 10, "height": 10}])
+    files = {".hidden.png": image_bytes("PNG", (10, 10), seed=1)}
+    report = import_coco(store.engine, store.media_dir, store.project_id, document, files, MB)
+    assert dict(report.skipped) == {"../.hidden.png": "unsafe file name (absolute or containing '..')",
+                                    "annotation 1": "its image ../.hidden.png was not imported (unsafe file name "
+                                                    "(absolute or containing '..'))"}
+    document = coco([dict(GOOD, id=1, image_id=10_000_000_000, category_id=2**40)],
+                    categories=[{"id": 2**40, "name": "thing"}],
+                    images=[{"id": 10_000_000_000, "file_name": "sub/.hidden.png", "width": 10, "height": 10}])
+    report = import_coco(store.engine, store.media_dir, store.project_id, document,
+                         {"sub/.hidden.png": image_bytes("PNG", (10, 10), seed=1)}, MB)
+    assert report.annotations_imported == 1
+    exported = json.loads(export_coco(store.engine, store.media_dir, store.project_id, tmp_path / "out").read_text())
+    assert [c["id"] for c in exported["categories"]] == [1], "an id the column cannot hold gives way to the studio's"
+    assert [i["file_name"] for i in exported["images"]] == ["sub/hidden.png"]
