@@ -133,7 +133,6 @@ class FileSource:
         self._by_base: dict[str, list[str]] = {}
         for name in self.names:
             self._by_base.setdefault(PurePosixPath(name).name, []).append(name)
-        self._known = set(self.names)
 
     @classmethod
     def from_zip(cls, archive: zipfile.ZipFile, max_bytes: int, max_total_bytes: int = DEFAULT_MAX_ZIP_TOTAL_BYTES,
@@ -167,7 +166,7 @@ class FileSource:
             return None
         clean = file_name.replace("\\", "/").removeprefix("./")
         for candidate in (clean, *(f"{folder}/{clean}" for folder in folders if folder not in ("", "."))):
-            if candidate in self._known:
+            if candidate in self.sizes:
                 return candidate
         matches = self._by_base.get(PurePosixPath(clean).name, [])
         return matches[0] if len(matches) == 1 else None

@@ -93,7 +93,7 @@ def category_table(categories: list[Any], used_ids: set) -> tuple[dict[Any, Conc
     return table, notes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per image of an import: kept small
 class Placement:
     """Where an image's annotations go: the stored (upright) size, and the EXIF orientation to
     turn them by when they were drawn on the raw pixels (1 = as they are)."""
