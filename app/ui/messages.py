@@ -2,7 +2,6 @@
 name what was not done and why, so a user (and the browser test) tells them apart."""
 from __future__ import annotations
 
-import html
 import re
 
 REFUSED = "**Not done:**"
@@ -10,9 +9,10 @@ NO_PROJECT = "choose a project first (or create one with 'New project')"
 
 
 def escape_markdown(text: object) -> str:
-    """Text from users or files shown literally in markdown: HTML escaped (a COCO file_name
-    like `<img src=x onerror=...>` stays text), markdown specials backslash-escaped."""
-    return re.sub(r"([\\`*_\[\]#|~!])", r"\\\1", html.escape(str(text), quote=False))
+    """Text from users or files shown literally in markdown: markdown specials and the HTML
+    characters < > & backslash-escaped (CommonMark renders an escaped character as itself),
+    so a COCO file_name like `<img src=x onerror=...>` stays text."""
+    return re.sub(r"([\\`*_\[\]<>&#|~!])", r"\\\1", str(text))
 
 
 def refusal(what: str, error: Exception | str) -> str:
