@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     HOST: str = Field("127.0.0.1", description="Address the web app binds to.")
     PORT: int = Field(7860, ge=1, le=65535, description="Port the web app listens on.")
     MAX_UPLOAD_MB: int = Field(200, ge=1, le=100_000, description="Largest accepted upload, per file, in MiB.")
+    MAX_ZIP_MEMBERS: int = Field(10_000, ge=1, le=10_000_000,
+                                 description="Most files one uploaded zip may hold; a bigger zip is refused unread.")
     # Worker tuning (tests lower them). A training worker beats every step and during
     # evaluation and checkpoint saves; 5 min without one is far beyond a slow step.
     JOB_STALE_AFTER_S: float = Field(5 * 60, gt=0, description="A running job whose heartbeat is older is "

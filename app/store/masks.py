@@ -52,11 +52,64 @@ def rle_area(rle: RLE) -> int:
     return int(coco_mask.area(_for_pycocotools(rle)))
 
 
+# Work per annotation is bounded (issue 13: a 206-byte file with the polygon
+# [[0, 0, 3e7, 0, 0, 3e7]] made pycocotools walk 1.5e8 sub-pixel steps per edge).
+# pycocotools rasterises a polygon by stepping along each edge at 5 samples per pixel,
+# so its cost is the outline length; rings are clipped to the image first and then
+# their total outline may be at most OUTLINE_LIMIT_FACTOR * (H + W) pixels.
+MAX_POLYGON_POINTS = 100_000
+OUTLINE_LIMIT_FACTOR = 64
+CLIP_MARGIN = 1.0  # clip to the image plus one pixel: rings inside it reach pycocotools unchanged
+
+
+def _clip_against(points: list[tuple[float, float]], axis: int, limit: float, keep_below: bool) -> list:
+    """One Sutherland-Hodgman pass: keep the part of the ring with coord[axis] <= limit (or >=)."""
+    def inside(point):
+        return point[axis] <= limit if keep_below else point[axis] >= limit
+
+    clipped = []
+    for index, current in enumerate(points):
+        previous = points[index - 1]
+        if inside(current) != inside(previous):
+            t = (limit - previous[axis]) / (current[axis] - previous[axis])
+            crossing = [previous[0] + t * (current[0] - previous[0]), previous[1] + t * (current[1] - previous[1])]
+            crossing[axis] = limit
+            clipped.append(tuple(crossing))
+        if inside(current):
+            clipped.append(current)
+    return clipped
+
+
+def clip_ring(ring: list[float], height: int, width: int) -> list[float]:
+    """Flat ring [x1, y1, ...] clipped to [-m, W+m] x [-m, H+m] (m = CLIP_MARGIN); [] when nothing is left.
+
+    Sutherland-Hodgman against the four sides (exact for any simple or self-touching
+    ring against a convex window); a ring already inside is returned unchanged.
+    """
+    xs, ys = ring[0::2], ring[1::2]
+    low_x, high_x, low_y, high_y = -CLIP_MARGIN, width + CLIP_MARGIN, -CLIP_MARGIN, height + CLIP_MARGIN
+    if min(xs) >= low_x and max(xs) <= high_x and min(ys) >= low_y and max(ys) <= high_y:
+        return ring
+    points = list(zip(xs, ys))
+    for axis, limit, keep_below in ((0, low_x, False), (0, high_x, True), (1, low_y, False), (1, high_y, True)):
+        points = _clip_against(points, axis, limit, keep_below)
+        if not points:
+            return []
+    return [value for point in points for value in point]
+
+
+def outline_length(ring: list[float]) -> float:
+    """Perimeter of a closed flat ring, in pixels."""
+    points = np.asarray(ring, dtype=float).reshape(-1, 2)
+    return float(np.linalg.norm(points - np.roll(points, 1, axis=0), axis=1).sum())
+
+
 def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> RLE:
     """COCO polygons (each flat [x1, y1, x2, y2, ...], >= 3 points) -> one RLE of their union.
 
-    Parts outside the image are clipped by the rasteriser (per column, rows clamped to
-    [0, H]), so the result is the polygon's intersection with the image.
+    Rings are clipped to the image (clip_ring) before pycocotools sees them, so the
+    result is the polygon's intersection with the image and the work is bounded;
+    ValueError when a ring is malformed or the clipped outline is too long.
     """
     rings = [[float(v) for v in ring] for ring in polygons]
     for index, ring in enumerate(rings):
@@ -64,15 +117,29 @@ def polygons_to_rle(polygons: list[list[float]], height: int, width: int) -> RLE
             raise ValueError(f"polygon {index} needs an even number of coordinates, at least 6, got {len(ring)}")
     if not rings:
         raise ValueError("no polygons given")
-    merged = coco_mask.merge(coco_mask.frPyObjects(rings, height, width))
+    points = sum(len(ring) for ring in rings) // 2
+    if points > MAX_POLYGON_POINTS:
+        raise ValueError(f"polygon has {points:,} points; at most {MAX_POLYGON_POINTS:,} per annotation")
+    clipped = [ring for ring in (clip_ring(ring, height, width) for ring in rings) if len(ring) >= 6]
+    outline, limit = sum(outline_length(ring) for ring in clipped), OUTLINE_LIMIT_FACTOR * (height + width)
+    if outline > limit:
+        raise ValueError(f"polygon outline is {outline:,.0f} px long inside its {width}x{height} image; "
+                         f"at most {limit:,} px ({OUTLINE_LIMIT_FACTOR} x (width + height))")
+    if not clipped:
+        return mask_to_rle(np.zeros((height, width), dtype=bool))
+    merged = coco_mask.merge(coco_mask.frPyObjects(clipped, height, width))
     return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
 
 
 def box_to_mask(bbox: list[float], height: int, width: int) -> np.ndarray:
-    """Box [x, y, w, h] -> mask bool [H, W] of the pixels it covers (edges rounded, clipped to the image)."""
+    """Box [x, y, w, h] -> mask bool [H, W] of the pixels it covers (edges rounded, clipped to the image).
+
+    Edges are clamped to the image before rounding, so huge values (1e308, whose sum is
+    inf) give an empty or clipped mask instead of an OverflowError.
+    """
     x, y, w, h = (float(v) for v in bbox)
-    left, top = max(0, round(x)), max(0, round(y))
-    right, bottom = min(width, round(x + w)), min(height, round(y + h))
+    left, top = round(min(max(x, 0.0), width)), round(min(max(y, 0.0), height))
+    right, bottom = round(min(max(x + w, 0.0), width)), round(min(max(y + h, 0.0), height))
     mask = np.zeros((height, width), dtype=bool)
     if right > left and bottom > top:
         mask[top:bottom, left:right] = True

@@ -29,6 +29,8 @@ class Concept(SQLModel, table=True):
     project_id: int = Field(foreign_key="project.id", index=True, ondelete="CASCADE")
     name: str
     color: str = "#e6194b"
+    coco_id: int | None = None  # the category id of the COCO file it came from (kept on export)
+    supercategory: str = Field(default="", sa_column_kwargs={"server_default": ""})
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -50,6 +52,7 @@ class Image(SQLModel, table=True):
     status: str = "unlabelled"  # unlabelled | proposed | reviewed
     path: str  # relative to the media folder
     original_name: str = ""
+    coco_id: int | None = None  # the image id of the COCO file it came from (kept on export)
     created_at: datetime = Field(default_factory=utcnow)
 
 

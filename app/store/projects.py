@@ -15,16 +15,16 @@ from sqlalchemy.exc import IntegrityError
 from app.store.db import read_session, write_session
 from app.store.migrate import upgrade_database
 from app.store.models import Annotation, Concept, Image, Project
+from app.store.names import MAX_NAME_LENGTH, clean_name
 
 __all__ = [
     "CONCEPT_PALETTE", "IMAGE_SPLITS", "IMAGE_STATUSES", "GalleryRow",
     "create_project", "list_projects", "get_project",
     "add_concept", "list_concepts", "rename_concept", "delete_concept",
     "image_page", "count_images", "get_image", "set_image_split", "set_image_status",
-    "upgrade_database",
+    "upgrade_database", "clean_name", "MAX_NAME_LENGTH",
 ]
 
-MAX_NAME_LENGTH = 100
 IMAGE_SPLITS = ("train", "val")
 IMAGE_STATUSES = ("unlabelled", "proposed", "reviewed")
 # Sasha Trubetskoy's "20 simple, distinct colours" (first one is the model default),
@@ -42,18 +42,6 @@ class GalleryRow(NamedTuple):
 
     image: Image
     annotation_count: int
-
-
-def clean_name(name: object, what: str) -> str:
-    """Trim and collapse inner whitespace; refuse empty or longer than MAX_NAME_LENGTH."""
-    if not isinstance(name, str):
-        raise ValueError(f"{what} must be text, got {type(name).__name__}")
-    cleaned = " ".join(name.split())
-    if not cleaned:
-        raise ValueError(f"{what} is empty")
-    if len(cleaned) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} {cleaned[:20]!r}... is {len(cleaned)} characters long; at most {MAX_NAME_LENGTH}")
-    return cleaned
 
 
 # ---------------------------------------------------------------- projects

@@ -1,76 +1,57 @@
 """Uploads: untrusted files -> checked, decoded, re-encoded PNGs + one Image row each.
 
 Per file, in this order (reliability.md, "Uploads"):
-1. size cap, checked before anything is read or decoded;
-2. empty files refused;
-3. format allow-list by content: `Image.open(formats=ALLOWED_FORMATS)`;
-4. pixel cap: Pillow's DecompressionBombWarning is an error here, and our own cap
-   (default 50M pixels, well below Pillow's 89M warning) is checked on the header
-   size, before any pixel is decoded, so memory stays flat for a bomb;
-5. full decode (`load()`: a truncated JPEG only fails there), EXIF orientation
-   applied, RGB, re-encoded to PNG; sha256 of the PNG bytes;
-6. the PNG stored once per hash (media.store_png) and one Image row per project;
-   the same picture twice in a project is a duplicate, not a second row.
-A refused file stores nothing and never stops the other files of the upload.
+1. size cap, checked before anything is read or decoded; empty files refused;
+2. the name: control characters (NUL ...) or no visible character refused (names.py);
+3. decode (image_decode.decode_to_png): format allow-list by content, pixel cap on
+   the header, full decode, 16-bit / float rescaled by the image's own range, EXIF
+   orientation applied, RGB, PNG; sha256 of the PNG bytes;
+4. the PNG stored once per hash (media.store_png) and one Image row per project;
+   the same pixels twice in a project are one image: the report names both files.
+A refused file stores nothing and never stops the other files of the upload. A full
+disk stops the upload: what was stored is kept and the files not tried are named.
 """
 from __future__ import annotations
 
-import io
-import re
-import warnings
-import zipfile
+import errno
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Sequence
 
-from PIL import Image as PILImage
-from PIL import ImageOps, UnidentifiedImageError
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import select
 
-from app.store.db import read_session, write_session
-from app.store.media import sha256_hex, store_png
-from app.store.models import Image, Project
-
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MAX_ZIP_TOTAL_BYTES = 8 * 1024**3
-VAL_PERCENT = 20  # about this share of images goes to "val", decided by the hash
-PNG_COMPRESS_LEVEL = 6  # changing it changes the PNG bytes, hence the hashes used for dedup
-
-# Leading bytes of formats we refuse, to tell the user what they sent.
-_KNOWN_OTHER_FORMATS = (
-    (b"GIF87a", "image format GIF is not accepted"),
-    (b"GIF89a", "image format GIF is not accepted"),
-    (b"%PDF", "not an image: looks like a PDF"),
-    (b"PK\x03\x04", "not an image: looks like a zip archive (upload it as a zip)"),
-    (b"\x00\x00\x01\x00", "image format ICO is not accepted"),
-    (b"8BPS", "image format PSD is not accepted"),
+from app.store.archive import (
+    DEFAULT_MAX_ZIP_MEMBERS,
+    DEFAULT_MAX_ZIP_TOTAL_BYTES,
+    FileSource,
+    human_bytes,
+    open_zip,
+    read_upload_file,
+    size_refusal,
 )
-# Leading bytes of allowed formats: an open failure then means a damaged file.
-_ALLOWED_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+from app.store.db import read_session, write_session
+from app.store.image_decode import DEFAULT_MAX_PIXELS, DecodedImage, ImageRefused, decode_to_png
+from app.store.media import store_pngs
+from app.store.models import Image, Project
+from app.store.names import file_name_problem
 
+__all__ = [
+    "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_ZIP_TOTAL_BYTES", "DEFAULT_MAX_ZIP_MEMBERS", "VAL_PERCENT", "IngestOutcome",
+    "UploadReport", "StorageFull", "ImageBatch", "human_bytes", "split_for", "check_file", "ingest_files",
+    "ingest_zip", "require_project", "storage_full_reason",
+]
 
-class ImageRefused(ValueError):
-    """A file that is not accepted as an image; `reason` is a short human sentence."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    png_bytes: bytes
-    sha256: str
-    width: int
-    height: int
+VAL_PERCENT = 20  # about this share of images goes to "val", decided by the hash
+Progress = Callable[[int, int], None]  # (files done, files in all)
 
 
 @dataclass(frozen=True)
 class IngestOutcome:
-    """What happened to one file: status accepted | duplicate | refused."""
+    """What happened to one file: status accepted | duplicate | refused. A duplicate names
+    the stored image it has the same pixels as (`duplicate_of`)."""
 
     name: str
     status: str
@@ -78,14 +59,17 @@ class IngestOutcome:
     width: int = 0
     height: int = 0
     reason: str = ""
+    duplicate_of: str = ""
 
 
 @dataclass
 class UploadReport:
     accepted: list[tuple[str, int]] = field(default_factory=list)  # (name, image_id)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (name, name of the stored image it equals)
     image_ids: dict[str, int] = field(default_factory=dict)  # name -> image id, accepted and duplicates
+    stopped: str = ""  # why the upload stopped early (a full disk), else ""
+    not_tried: list[str] = field(default_factory=list)  # files never looked at because it stopped
 
     def add(self, outcome: IngestOutcome) -> None:
         if outcome.status == "refused":
@@ -93,36 +77,54 @@ class UploadReport:
             return
         self.image_ids[outcome.name] = outcome.image_id
         if outcome.status == "duplicate":
-            self.duplicates.append(outcome.name)
+            self.duplicates.append((outcome.name, outcome.duplicate_of))
         else:
             self.accepted.append((outcome.name, outcome.image_id))
 
+    def merge(self, other: "UploadReport") -> None:
+        self.accepted += other.accepted
+        self.refused += other.refused
+        self.duplicates += other.duplicates
+        self.image_ids.update(other.image_ids)
+        self.stopped = self.stopped or other.stopped
+        self.not_tried += other.not_tried
+
     def messages(self) -> list[str]:
-        """One line per refused or duplicate file, naming it."""
+        """One line per refused or duplicate file, naming it, then the early stop."""
         lines = [f"{name}: {reason}" for name, reason in self.refused]
-        return lines + [f"{name}: already in this project" for name in self.duplicates]
+        lines += [f"{name}: {duplicate_reason(name, other)}" for name, other in self.duplicates]
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}; not tried: {', '.join(self.not_tried) or 'none'}")
+        return lines
 
 
-def human_bytes(num_bytes: int) -> str:
-    """1.5 * 2**20 -> '1.5 MB' (MiB, like MAX_UPLOAD_MB)."""
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if num_bytes >= scale:
-            value = num_bytes / scale
-            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
-    return f"{num_bytes} bytes"
+def duplicate_reason(name: str, other: str) -> str:
+    """Why a file was merged into a stored image, in words."""
+    if other and other != name:
+        return f"same pixels as {other}, already in this project: stored once, as {other}"
+    return "already in this project (same pixels)"
 
 
-def human_pixels(num_pixels: int) -> str:
-    """400_000_000 -> '400M'; 20_000 -> '20,000'."""
-    return f"{round(num_pixels / 1e6, 1):g}M" if num_pixels >= 1_000_000 else f"{num_pixels:,}"
+class StorageFull(OSError):
+    """The media folder's or the database's disk is full; `reason` says which, in words, and
+    `names` the files of the batch being stored, which were not."""
+
+    def __init__(self, reason: str, names: Sequence[str] = ()):
+        super().__init__(errno.ENOSPC, reason)
+        self.reason = reason
+        self.names = list(names)
 
 
-def size_refusal(num_bytes: int, max_bytes: int) -> str | None:
-    """The refusal reason for a file of `num_bytes`, or None if its size is fine."""
-    if num_bytes == 0:
-        return "empty file"
-    if num_bytes > max_bytes:
-        return f"file is {human_bytes(num_bytes)}, over the {human_bytes(max_bytes)} limit"
+def storage_full_reason(error: BaseException) -> str | None:
+    """A sentence when `error` means a full disk (media write, SQLite or PostgreSQL), else None."""
+    if isinstance(error, StorageFull):
+        return error.reason
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"the disk of the media folder is full ({error.strerror or error})"
+    if isinstance(error, OperationalError):
+        original = error.orig
+        if "full" in str(original).lower() or getattr(original, "sqlstate", "") == "53100":
+            return f"the database's disk is full ({str(original).splitlines()[0]})"
     return None
 
 
@@ -131,78 +133,9 @@ def split_for(sha256: str) -> str:
     return "val" if int(sha256[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
-def _describe_unknown(data: bytes) -> str:
-    """Why bytes that no allowed decoder recognised are refused, in words."""
-    for magic, reason in _KNOWN_OTHER_FORMATS:
-        if data.startswith(magic):
-            return reason
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
-        return "image format HEIC/AVIF is not accepted"
-    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith((b"<!doctype html", b"<html")) or b"<html" in head or b"<body" in head:
-        return "not an image: looks like HTML"
-    if b"<svg" in head:
-        return "not an image: looks like SVG (vector images are not accepted)"
-    if data.startswith(_ALLOWED_SIGNATURES) or (data.startswith(b"RIFF") and data[8:12] == b"WEBP"):
-        return "file is truncated or corrupt"
-    try:
-        data[:4096].decode("utf-8")
-        return "not an image: looks like text"
-    except UnicodeDecodeError:
-        return f"not an image: unknown format (accepted: {', '.join(ALLOWED_FORMATS)})"
-
-
-def _bomb_reason(error: Exception, max_pixels: int) -> str:
-    found = re.search(r"\((\d+) pixels\)", str(error))
-    size = f"{human_pixels(int(found.group(1)))} pixels" if found else "too many pixels"
-    return f"image is {size}, over the {human_pixels(max_pixels)} pixel limit"
-
-
-def decode_to_png(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Untrusted bytes -> RGB PNG bytes, sha256, width, height; ImageRefused on any problem.
-
-    `max_pixels` is effectively min(max_pixels, PIL.Image.MAX_IMAGE_PIXELS), since
-    Pillow's own bomb warning is turned into an error as well.
-    """
-    if not data:
-        raise ImageRefused("empty file")
-    # catch_warnings edits process-wide filters, so two threads can race on them; the
-    # explicit max_pixels check below does not depend on them and always holds.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-        try:
-            image = PILImage.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-        except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as error:
-            raise ImageRefused(_bomb_reason(error, max_pixels)) from None
-        except UnidentifiedImageError:
-            raise ImageRefused(_describe_unknown(data)) from None
-        except Exception:  # Pillow raises many types on malformed headers (struct.error, SyntaxError, ...)
-            raise ImageRefused("file is truncated or corrupt") from None
-        with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageRefused(
-                    f"image is {width}x{height} = {human_pixels(width * height)} pixels, "
-                    f"over the {human_pixels(max_pixels)} pixel limit"
-                )
-            if width == 0 or height == 0:
-                raise ImageRefused(f"image is {width}x{height}: no pixels")
-            try:
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                rgb = upright.convert("RGB")
-            except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as error:
-                raise ImageRefused(_bomb_reason(error, max_pixels)) from None
-            except Exception:  # decoders fail with OSError ("truncated"), ValueError, SyntaxError, ...
-                raise ImageRefused("file is truncated or corrupt") from None
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    png_bytes = buffer.getvalue()
-    return DecodedImage(png_bytes=png_bytes, sha256=sha256_hex(png_bytes), width=rgb.width, height=rgb.height)
-
-
 def _record_image(
-    engine: Engine, project_id: int, decoded: DecodedImage, relative: str, name: str
+    engine: Engine, project_id: int, decoded: DecodedImage, relative: str, name: str,
+    split: str | None, coco_id: int | None,
 ) -> tuple[Image, bool]:
     """Insert the Image row unless the project has this hash already; returns (row, is_duplicate)."""
     lookup = select(Image).where(Image.project_id == project_id, Image.sha256 == decoded.sha256)
@@ -212,13 +145,8 @@ def _record_image(
             if existing is not None:
                 return existing, True
             row = Image(
-                project_id=project_id,
-                sha256=decoded.sha256,
-                width=decoded.width,
-                height=decoded.height,
-                split=split_for(decoded.sha256),
-                path=relative,
-                original_name=name,
+                project_id=project_id, sha256=decoded.sha256, width=decoded.width, height=decoded.height,
+                split=split or split_for(decoded.sha256), path=relative, original_name=name, coco_id=coco_id,
             )
             session.add(row)
             session.flush()
@@ -231,37 +159,96 @@ def _record_image(
         return existing, True
 
 
-def ingest_bytes(
-    engine: Engine,
-    media_dir: Path | str,
-    project_id: int,
-    name: str,
-    data: bytes,
-    max_bytes: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> IngestOutcome:
-    """Check, decode, store and record one file; never raises for bad content."""
-    reason = size_refusal(len(data), max_bytes)
+@dataclass(frozen=True)
+class _Waiting:
+    name: str
+    decoded: DecodedImage
+    split: str | None
+    coco_id: int | None
+    on_stored: Callable[[IngestOutcome], None]
+
+
+class ImageBatch:
+    """Decoded images stored together: their files written, then made durable by one barrier
+    (media.store_pngs), then their rows inserted in one transaction, so an import pays one
+    sync and one commit per batch instead of three fsyncs per image. A file always becomes
+    durable before the row that points at it. `on_stored(outcome)` is called per image once
+    its row is committed (a duplicate names the stored image it equals). A batch holds at
+    most BATCH_IMAGES images or BATCH_BYTES of PNG. A full disk raises StorageFull naming the
+    batch's files: what earlier batches stored is kept."""
+
+    BATCH_IMAGES = 100
+    BATCH_BYTES = 64 * 1024 * 1024
+
+    def __init__(self, engine: Engine, media_dir: Path | str, project_id: int):
+        self.engine, self.media_dir, self.project_id = engine, media_dir, project_id
+        self.waiting: list[_Waiting] = []
+        self.waiting_bytes = 0
+
+    def add(self, name: str, decoded: DecodedImage, on_stored: Callable[[IngestOutcome], None],
+            split: str | None = None, coco_id: int | None = None) -> None:
+        self.waiting.append(_Waiting(name, decoded, split, coco_id, on_stored))
+        self.waiting_bytes += len(decoded.png_bytes)
+        if len(self.waiting) >= self.BATCH_IMAGES or self.waiting_bytes >= self.BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        waiting, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        if not waiting:
+            return
+        try:
+            relatives = store_pngs(self.media_dir, [item.decoded.png_bytes for item in waiting])
+            try:
+                outcomes = self._record(waiting, relatives)
+            except IntegrityError:  # another process inserted one of these hashes meanwhile: one by one
+                outcomes = [self._outcome(item, *_record_image(self.engine, self.project_id, item.decoded, relative,
+                                                               item.name, item.split, item.coco_id))
+                            for item, relative in zip(waiting, relatives)]
+        except (OSError, OperationalError) as error:
+            reason = storage_full_reason(error)
+            if reason is None:
+                raise
+            raise StorageFull(reason, [item.name for item in waiting]) from error
+        for item, outcome in zip(waiting, outcomes):
+            item.on_stored(outcome)
+
+    @staticmethod
+    def _outcome(item: _Waiting, row: Image, duplicate: bool) -> IngestOutcome:
+        if duplicate:
+            return IngestOutcome(item.name, "duplicate", row.id, row.width, row.height, duplicate_of=row.original_name)
+        return IngestOutcome(item.name, "accepted", row.id, row.width, row.height)
+
+    def _record(self, waiting: list[_Waiting], relatives: list[str]) -> list[IngestOutcome]:
+        hashes = sorted({item.decoded.sha256 for item in waiting})
+        with write_session(self.engine) as session:
+            stored = {row.sha256: row for row in session.exec(
+                select(Image).where(Image.project_id == self.project_id, Image.sha256.in_(hashes)))}
+            results = []
+            for item, relative in zip(waiting, relatives):
+                row = stored.get(item.decoded.sha256)
+                if row is not None:
+                    results.append((item, row, True))
+                    continue
+                decoded = item.decoded
+                row = Image(project_id=self.project_id, sha256=decoded.sha256, width=decoded.width,
+                            height=decoded.height, split=item.split or split_for(decoded.sha256), path=relative,
+                            original_name=item.name, coco_id=item.coco_id)
+                session.add(row)
+                session.flush()
+                stored[decoded.sha256] = row
+                results.append((item, row, False))
+            return [self._outcome(item, row, duplicate) for item, row, duplicate in results]
+
+
+def check_file(name: str, data: bytes, max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage | str:
+    """The decoded image, or the reason the file is refused (size, name, content)."""
+    reason = size_refusal(len(data), max_bytes) or file_name_problem(name)
     if reason:
-        return IngestOutcome(name, "refused", reason=reason)
+        return reason
     try:
-        decoded = decode_to_png(data, max_pixels)
+        return decode_to_png(data, max_pixels)
     except ImageRefused as refusal:
-        return IngestOutcome(name, "refused", reason=refusal.reason)
-    # The file goes first: a row never points at a missing file. A duplicate finds it
-    # already there (content-addressed), so nothing new is written for it.
-    relative = store_png(media_dir, decoded.png_bytes)
-    row, duplicate = _record_image(engine, project_id, decoded, relative, name)
-    return IngestOutcome(name, "duplicate" if duplicate else "accepted", row.id, row.width, row.height)
-
-
-def read_upload_file(path: Path, max_bytes: int) -> bytes | str:
-    """The bytes of `path`, or the refusal reason; the size is checked before reading."""
-    try:
-        reason = size_refusal(path.stat().st_size, max_bytes)
-        return reason if reason else path.read_bytes()
-    except OSError as error:
-        return f"could not be read ({error.strerror or error})"
+        return refusal.reason
 
 
 def require_project(engine: Engine, project_id: int) -> None:
@@ -270,118 +257,71 @@ def require_project(engine: Engine, project_id: int) -> None:
             raise ValueError(f"project {project_id} does not exist")
 
 
-def ingest_files(
-    engine: Engine,
-    media_dir: Path | str,
-    project_id: int,
-    files: Sequence[tuple[str, bytes] | Path | str],
-    max_bytes: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+Loader = Callable[[], "bytes | str"]  # reads one file: its bytes, or why it cannot be read
+
+
+def ingest_items(
+    engine: Engine, media_dir: Path | str, project_id: int, items: Sequence[tuple[str, Loader]],
+    max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS, on_progress: Progress | None = None,
+    report: UploadReport | None = None,
 ) -> UploadReport:
-    """Ingest (name, bytes) pairs or file paths, one at a time; see the module docstring."""
-    require_project(engine, project_id)
-    report = UploadReport()
-    for item in files:
-        if isinstance(item, (str, Path)):
-            path = Path(item)
-            name, data = path.name, read_upload_file(path, max_bytes)
-            if isinstance(data, str):
-                report.add(IngestOutcome(name, "refused", reason=data))
-                continue
-        else:
-            name, data = item
-        report.add(ingest_bytes(engine, media_dir, project_id, name, data, max_bytes, max_pixels))
+    """Ingest (name, loader) items: read and check one at a time, store in batches (ImageBatch);
+    a full disk stops the upload and names the files not stored."""
+    report = report if report is not None else UploadReport()
+    batch = ImageBatch(engine, media_dir, project_id)
+    try:
+        for index, (name, load) in enumerate(items):
+            data = load()
+            checked = data if isinstance(data, str) else check_file(name, data, max_bytes, max_pixels)
+            if isinstance(checked, str):
+                report.add(IngestOutcome(name, "refused", reason=checked))
+            else:
+                try:
+                    batch.add(name, checked, report.add)
+                except StorageFull as full:
+                    full.names += [later for later, _ in items[index + 1:]]
+                    raise
+            if on_progress is not None:
+                on_progress(index + 1, len(items))
+        batch.flush()
+    except StorageFull as full:
+        report.stopped = f"{full.reason} while storing {full.names[0]}; what was stored before it is kept"
+        report.not_tried += full.names
     return report
 
 
-def unsafe_member_name(name: str) -> bool:
-    """True for zip names that are absolute, carry a drive letter, or contain a '..' part."""
-    normalized = name.replace("\\", "/")
-    return (
-        normalized.startswith("/")
-        or re.match(r"^[A-Za-z]:", normalized) is not None
-        or ".." in PurePosixPath(normalized).parts
-    )
-
-
-def zip_members(
-    archive: zipfile.ZipFile, max_total_bytes: int = DEFAULT_MAX_ZIP_TOTAL_BYTES
-) -> tuple[list[zipfile.ZipInfo], list[tuple[str, str]]]:
-    """The members to read, and (name, reason) for the refused ones.
-
-    Directories, `__MACOSX/` and hidden files are ignored. Python's reader never
-    yields more than a member's declared `file_size`, so bounding the declared
-    sizes bounds what extraction can produce (a zip bomb is refused unread).
-    """
-    members: list[zipfile.ZipInfo] = []
-    refused: list[tuple[str, str]] = []
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        if unsafe_member_name(info.filename):
-            refused.append((info.filename, "unsafe name in the zip (absolute or containing '..'); not extracted"))
-            continue
-        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        if any(part == "__MACOSX" or part.startswith(".") for part in parts):
-            continue
-        if info.flag_bits & 0x1:
-            refused.append((info.filename, "encrypted zip member; not extracted"))
-            continue
-        members.append(info)
-    total = sum(info.file_size for info in members)
-    if total > max_total_bytes:
-        reason = (
-            f"the zip expands to {human_bytes(total)}, over the {human_bytes(max_total_bytes)} "
-            "limit for one upload; nothing from it was stored"
-        )
-        return [], refused + [(info.filename, reason) for info in members]
-    return members, refused
-
-
-def read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int) -> bytes | str:
-    """The member's bytes, or the refusal reason; its declared size is checked before reading."""
-    reason = size_refusal(info.file_size, max_bytes)
-    if reason:
-        return reason
-    try:
-        return archive.read(info)
-    except (zipfile.BadZipFile, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as error:
-        return f"could not be extracted from the zip ({error})"
-
-
-def open_zip(zip_source: bytes | Path | str) -> zipfile.ZipFile:
-    """A ZipFile over bytes or a path; ValueError('not a zip archive') otherwise."""
-    try:
-        return zipfile.ZipFile(io.BytesIO(zip_source) if isinstance(zip_source, bytes) else zip_source)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"not a zip archive ({error})") from None
+def ingest_files(
+    engine: Engine, media_dir: Path | str, project_id: int, files: Sequence[tuple[str, bytes] | Path | str],
+    max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS, on_progress: Progress | None = None,
+) -> UploadReport:
+    """Ingest (name, bytes) pairs or file paths, one at a time; see the module docstring."""
+    require_project(engine, project_id)
+    items: list[tuple[str, Loader]] = []
+    for item in files:
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            items.append((path.name, lambda path=path: read_upload_file(path, max_bytes)))
+        else:
+            items.append((item[0], lambda data=item[1]: data))
+    return ingest_items(engine, media_dir, project_id, items, max_bytes, max_pixels, on_progress)
 
 
 def ingest_zip(
-    engine: Engine,
-    media_dir: Path | str,
-    project_id: int,
-    zip_source: bytes | Path | str,
-    max_bytes: int,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_total_bytes: int = DEFAULT_MAX_ZIP_TOTAL_BYTES,
-    zip_name: str = "upload.zip",
+    engine: Engine, media_dir: Path | str, project_id: int, zip_source: bytes | Path | str, max_bytes: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS, max_total_bytes: int = DEFAULT_MAX_ZIP_TOTAL_BYTES,
+    zip_name: str = "upload.zip", max_members: int = DEFAULT_MAX_ZIP_MEMBERS, on_progress: Progress | None = None,
 ) -> UploadReport:
     """Every file member of the zip is one file of the upload (names are the member paths)."""
     require_project(engine, project_id)
     report = UploadReport()
     try:
-        archive = open_zip(zip_source)
+        source = FileSource.from_zip(open_zip(zip_source), max_bytes, max_total_bytes, max_members)
     except ValueError as error:
         report.refused.append((zip_name, str(error)))
         return report
-    with archive:
-        members, refused = zip_members(archive, max_total_bytes)
-        report.refused.extend(refused)
-        for info in members:
-            data = read_zip_member(archive, info, max_bytes)
-            if isinstance(data, str):
-                report.add(IngestOutcome(info.filename, "refused", reason=data))
-                continue
-            report.add(ingest_bytes(engine, media_dir, project_id, info.filename, data, max_bytes, max_pixels))
-    return report
+    with source:
+        report.refused.extend(source.refused)
+        items = [(name, lambda name=name: source.read(name)) for name in source.names]
+        return ingest_items(engine, media_dir, project_id, items, max_bytes, max_pixels, on_progress, report)
+
+

@@ -30,6 +30,7 @@ from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
 from app.studio import Studio
 from app.ui.annotate_masks import concept_brush, editor_value
+from app.ui.messages import escape_markdown
 from app.ui.annotate_overlay import Shape, render_overlay
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,8 @@ def render(
     overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"))
     hidden_text = f", {hidden} proposals below threshold {threshold:.2f} hidden" if hidden else ""
     info = (
-        f"**{image.original_name or f'image {image.id}'}** · {image.width}×{image.height} px · split {image.split} · "
+        f"**{escape_markdown(image.original_name or f'image {image.id}')}** · {image.width}×{image.height} px · "
+        f"split {image.split} · "
         f"**{image.status}** · {position} · {len(shown)} instances shown{hidden_text}"
     )
     rows = [_table_row(annotation, concepts, selected) for annotation in shown]

@@ -9,6 +9,7 @@ import gradio as gr
 from app.store.projects import IMAGE_SPLITS
 from app.studio import Studio
 from app.ui import data_handlers as handlers
+from app.ui import data_io
 
 
 def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
@@ -51,17 +52,26 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
                     )
                     upload_button = gr.Button("Add to project", variant="primary", elem_id="data-upload")
                     upload_report = gr.Markdown(elem_id="data-upload-report")
-                with gr.Tab("Import COCO"):
+                with gr.Tab("Import dataset"):
+                    import_format = gr.Radio(list(data_io.IMPORT_FORMATS), value="COCO", label="Format",
+                                             elem_id="data-import-format")
+                    gr.Markdown("COCO: one .json plus its images, or one .zip holding both. YOLO-seg: one .zip "
+                                "with data.yaml, images/ and labels/. PNG masks: one .zip with labelmap.txt, "
+                                "SegmentationClass/ (and SegmentationObject/) and the images.")
                     coco_files = gr.File(
-                        label="One COCO .json plus its images, or one .zip holding both",
-                        file_count="multiple", type="filepath", height=140, elem_id="data-coco-files",
+                        label="Dataset files", file_count="multiple", type="filepath", height=140,
+                        elem_id="data-coco-files",
                     )
                     import_button = gr.Button("Import", variant="primary", elem_id="data-import")
                     import_report = gr.Markdown(elem_id="data-import-report")
                 with gr.Tab("Export"):
-                    gr.Markdown("Everything labelled in this project, as a zip.")
+                    gr.Markdown("Everything reviewed in this project (drawn, accepted or imported), as a zip.")
+                    include_proposals = gr.Checkbox(
+                        label="Include unreviewed proposals (COCO only, marked source 'model' with their score)",
+                        value=False,
+                    )
                     with gr.Row():
-                        export_buttons = [gr.Button(f"{name} zip") for name in handlers.EXPORTERS]
+                        export_buttons = [gr.Button(f"{name} zip") for name in data_io.EXPORTERS]
                     export_file = gr.File(label="Download", interactive=False)
                     export_status = gr.Markdown()
 
@@ -121,15 +131,18 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
         [concept_table, concept_choice, concept_status, pending_delete],
     ))
 
-    refresh_gallery(upload_button.click(partial(handlers.upload_images, studio), [project, upload_files], [upload_report]))
+    refresh_gallery(upload_button.click(partial(data_io.upload_images, studio), [project, upload_files], [upload_report]))
     refresh_gallery(
-        import_button.click(partial(handlers.import_coco_upload, studio), [project, coco_files], [import_report])
+        import_button.click(partial(data_io.import_dataset, studio), [project, coco_files, import_format],
+                            [import_report])
     ).then(partial(handlers.concept_rows, studio), [project], [concept_table]).then(
         partial(handlers.concept_dropdown, studio), [project], [concept_choice]
     )
-    for button, export_format in zip(export_buttons, handlers.EXPORTERS):
-        export = partial(handlers.export_project, studio, export_format=export_format)
-        button.click(export, [project], [export_file, export_status])
+    for button, export_format in zip(export_buttons, data_io.EXPORTERS):
+        def export(project_id, with_proposals, export_format=export_format):
+            return data_io.export_project(studio, project_id, export_format, with_proposals)
+
+        button.click(export, [project, include_proposals], [export_file, export_status])
 
     status_filter.change(show_gallery, [project, status_filter, first_page], gallery_outputs)
     prev_button.click(partial(handlers.turn_page, studio, step=-1), [project, status_filter, page], gallery_outputs)

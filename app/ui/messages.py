@@ -8,7 +8,14 @@ REFUSED = "**Not done:**"
 NO_PROJECT = "choose a project first (or create one with 'New project')"
 
 
+def escape_markdown(text: object) -> str:
+    """Text from users or files shown literally in markdown: markdown specials and the HTML
+    characters < > & backslash-escaped (CommonMark renders an escaped character as itself),
+    so a COCO file_name like `<img src=x onerror=...>` stays text."""
+    return re.sub(r"([\\`*_\[\]<>&#|~!])", r"\\\1", str(text))
+
+
 def refusal(what: str, error: Exception | str) -> str:
     """'**Not done:** cannot add the concept: concept phrase is empty.' (markdown specials escaped)."""
-    reason = re.sub(r"([\\`*_\[\]<>#|])", r"\\\1", str(error).rstrip("."))
+    reason = escape_markdown(str(error).rstrip("."))
     return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."

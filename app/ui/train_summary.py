@@ -12,7 +12,8 @@ MIN_LABELLED_IMAGES = 10
 
 
 def _escape(name: str) -> str:
-    return "`" + " ".join(str(name).replace("`", "'").split()) + "`"
+    """A name as a code span; `|` escaped, since GFM splits table cells on it even inside code spans."""
+    return "`" + " ".join(str(name).replace("`", "'").replace("|", "\\|").split()) + "`"
 
 
 def dataset_warnings(summary: DatasetSummary) -> list[str]:

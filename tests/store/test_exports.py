@@ -13,12 +13,14 @@ from PIL import Image as PILImage
 from pycocotools.coco import COCO
 
 from app.store.annotations import check_mask
-from app.store.coco_export import ExportError, dataset_snapshot, export_coco, export_png_masks, export_yolo_seg
+from app.store.coco_export import ExportError, dataset_snapshot, export_coco
 from app.store.db import read_session, write_session
 from app.store.masks import mask_to_rle, polygons_to_rle, rle_to_mask
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
 from app.store.polygons import mask_to_polygons, trace_outer_boundary
+from app.store.png_mask_export import export_png_masks
 from app.store.uploads import ingest_files
+from app.store.yolo_export import export_yolo_seg
 from tests.store.test_uploads import image_bytes, make_project
 
 MB = 1024 * 1024
@@ -113,13 +115,13 @@ def test_coco_export_has_negatives_stable_categories_and_linked_images(labelled)
     document = json.loads(json_path.read_text())
     assert [c["id"] for c in document["categories"]] == [labelled.concepts["crack"], labelled.concepts["rust"]]
     assert [(i["id"], i["file_name"]) for i in document["images"]] == [
-        (labelled.image_id, f"{labelled.image_id}.png"), (labelled.negative_id, f"{labelled.negative_id}.png")]
+        (labelled.image_id, "scene.png"), (labelled.negative_id, "empty.png")]
     masks = exported_masks(json_path)
     for name, (_, mask) in labelled.shapes.items():
         assert np.array_equal(masks[labelled.annotation_ids[name]], mask), name
     with read_session(labelled.engine) as session:
         stored = labelled.media_dir / session.get(Image, labelled.image_id).path
-    assert os.path.samefile(labelled.out / "images" / f"{labelled.image_id}.png", stored), "hard link, not a copy"
+    assert os.path.samefile(labelled.out / "images" / "scene.png", stored), "hard link, not a copy"
 
 
 def test_snapshot_export_is_frozen_while_people_keep_editing(labelled):
@@ -178,11 +180,11 @@ def test_yolo_seg_polygons_rasterise_back_onto_the_masks(labelled):
     config = yaml.safe_load(yaml_path.read_text())
     assert config["names"] == {0: "crack", 1: "rust"}
     assert (config["train"], config["val"]) == ("images/train", "images/val")
-    assert (labelled.out / "labels" / "val" / f"{labelled.negative_id}.txt").read_text() == ""
-    assert (labelled.out / "images" / "val" / f"{labelled.negative_id}.png").is_file()
+    assert (labelled.out / "labels" / "val" / "empty.txt").read_text() == ""
+    assert (labelled.out / "images" / "val" / "empty.png").is_file()
 
-    lines = (labelled.out / "labels" / "train" / f"{labelled.image_id}.txt").read_text().splitlines()
-    assert len(lines) == 5, "rectangle, disk, L-shape, and one line per blob"
+    lines = (labelled.out / "labels" / "train" / "scene.txt").read_text().splitlines()
+    assert len(lines) == 4, "one row per object: the two blobs are one row, parts joined (as Ultralytics)"
     drawn = {0: np.zeros((H, W), bool), 1: np.zeros((H, W), bool)}
     for line in lines:
         class_index, *coords = line.split()
@@ -190,8 +192,8 @@ def test_yolo_seg_polygons_rasterise_back_onto_the_masks(labelled):
         assert points.min() >= 0 and points.max() <= 1
         polygon = (points * [W, H]).ravel().tolist()
         drawn[int(class_index)] |= rle_to_mask(polygons_to_rle([polygon], H, W))
-    assert iou(drawn[0], rectangle() | l_shape()) > 0.9
-    assert iou(drawn[1], disk() | two_blobs()) > 0.9
+    assert np.array_equal(drawn[0], rectangle() | l_shape()), "exact outlines rasterise to exactly the masks"
+    assert np.array_equal(drawn[1], disk() | two_blobs())
 
 
 def test_folder_formats_refuse_a_folder_with_old_files(labelled):
@@ -220,27 +222,38 @@ def test_tracer_handles_single_pixels_and_diagonal_touches():
     assert np.array_equal(rle_to_mask(polygons_to_rle([polygon.ravel().tolist()], 2, 2)), diagonal)
 
 
-def test_png_masks_paint_instances_and_concepts_with_a_legend(labelled):
+def test_png_masks_are_voc_palette_pngs_with_a_labelmap(labelled):
     small = np.zeros((H, W), dtype=bool)
     small[38:43, 53:58] = True  # on top of the disk
     small_id = add_version(labelled.engine, labelled.image_id, labelled.concepts["crack"], small)
+    crowd = np.zeros((H, W), dtype=bool)
+    crowd[0:4, 0:8] = True
+    crowd_id = add_version(labelled.engine, labelled.image_id, labelled.concepts["rust"], crowd)
+    with write_session(labelled.engine) as session:
+        session.get(Annotation, crowd_id).iscrowd = True
 
-    legend_path = export_png_masks(labelled.engine, labelled.media_dir, labelled.project_id, labelled.out)
+    labelmap_path = export_png_masks(labelled.engine, labelled.media_dir, labelled.project_id, labelled.out)
 
-    legend = json.loads(legend_path.read_text())
-    assert [(c["index"], c["name"]) for c in legend["concepts"]] == [(1, "crack"), (2, "rust")]
-    file_name = f"{labelled.image_id}.png"
-    instances = read_png(labelled.out / "instances" / file_name)
-    concepts = read_png(labelled.out / "concepts" / file_name)
-    entries = {e["annotation_id"]: e for e in legend["images"][file_name]["instances"]}
-    masks = {labelled.annotation_ids[name]: mask for name, (_, mask) in labelled.shapes.items()}
-    masks[small_id] = small
-    for annotation_id, mask in masks.items():
+    assert labelmap_path.read_text().splitlines() == [
+        "# label:color_rgb:parts:actions", "background:0,0,0::", "crack:230,25,75::", "rust:230,25,75::"]  # the fixture gives both the default colour
+    with PILImage.open(labelled.out / "SegmentationClass" / "scene.png") as image:
+        assert image.mode == "P" and image.getpalette()[3:6] == [230, 25, 75]
+        classes = np.asarray(image)
+    objects = read_png(labelled.out / "SegmentationObject" / "scene.png")
+    masks = {labelled.annotation_ids[name]: (concept, mask) for name, (concept, mask) in labelled.shapes.items()}
+    masks[small_id] = ("crack", small)
+    label = {"crack": 1, "rust": 2}
+    for annotation_id, (concept, mask) in masks.items():
         visible = mask & ~small if annotation_id != small_id else mask
-        assert (instances[visible] == entries[annotation_id]["index"]).all()
-        assert (concepts[visible] == entries[annotation_id]["concept_index"]).all()
-    assert (instances[small] == entries[small_id]["index"]).all(), "the smaller instance stays on top"
-    union = np.logical_or.reduce(list(masks.values()))
-    assert (instances[~union] == 0).all() and (concepts[~union] == 0).all()
-    negative = read_png(labelled.out / "instances" / f"{labelled.negative_id}.png")
+        assert (classes[visible] == label[concept]).all(), annotation_id
+        assert len(np.unique(objects[visible])) == 1 and objects[visible][0] not in (0, 255)
+    assert (objects[small] != objects[disk() & ~small][0]).all(), "the smaller instance stays on top"
+    assert (classes[crowd] == 255).all() and (objects[crowd] == 255).all(), "crowds are 'ignore'"
+    union = np.logical_or.reduce([mask for _, mask in masks.values()] + [crowd])
+    assert (classes[~union] == 0).all() and (objects[~union] == 0).all()
+    assert len(np.unique(objects[union & ~crowd])) == 5
+    negative = read_png(labelled.out / "SegmentationClass" / "empty.png")
     assert negative.shape == (50, 50) and not negative.any()
+    assert (labelled.out / "JPEGImages" / "scene.png").is_file()
+    sets = labelled.out / "ImageSets" / "Segmentation"
+    assert ((sets / "train.txt").read_text(), (sets / "val.txt").read_text()) == ("scene\n", "empty\n")

@@ -34,8 +34,8 @@ def schema_differences(engine: Engine) -> list:
 
 
 def test_migrated_schema_matches_the_models(engine):
-    assert head_revision() == "0002"
-    assert current_revision(engine.url.render_as_string(hide_password=False)) == "0002"
+    assert head_revision() == "0003"
+    assert current_revision(engine.url.render_as_string(hide_password=False)) == "0003"
     assert schema_differences(engine) == []
 
 
@@ -47,8 +47,8 @@ def test_alembic_command_from_repo_root_creates_the_data_dir(tmp_path):
         cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "Running upgrade 0001 -> 0002" in completed.stderr
-    assert current_revision(f"sqlite:///{data_dir / 'studio.db'}") == "0002"
+    assert "Running upgrade 0001 -> 0002" in completed.stderr and "Running upgrade 0002 -> 0003" in completed.stderr
+    assert current_revision(f"sqlite:///{data_dir / 'studio.db'}") == "0003"
 
 
 def test_concurrent_upgrades_of_a_fresh_database_all_succeed(tmp_path):
@@ -58,7 +58,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed(tmp_path):
                for _ in range(3)]
     errors = [runner.communicate(timeout=120)[1] for runner in runners]
     assert [runner.returncode for runner in runners] == [0, 0, 0], errors
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
 
 
 def populate(engine: Engine) -> None:
@@ -92,6 +92,26 @@ def all_rows(engine: Engine) -> dict[str, list[tuple]]:
                 for table in SQLModel.metadata.sorted_tables}
 
 
+NEW_IN_0003 = {"concept": ("coco_id", "supercategory"), "image": ("coco_id",)}
+
+
+def rows_without(engine: Engine, dropped: dict[str, tuple[str, ...]]) -> dict[str, list[tuple]]:
+    """Every row of every table, leaving out the columns a later migration added."""
+    with engine.connect() as connection:
+        return {
+            table.name: [tuple(row) for row in connection.execute(
+                select(*[c for c in table.columns if c.name not in dropped.get(table.name, ())])
+                .order_by(*table.primary_key))]
+            for table in SQLModel.metadata.sorted_tables
+        }
+
+
+def rows_without_columns(rows: dict[str, list[tuple]], dropped: dict[str, tuple[str, ...]]) -> dict[str, list[tuple]]:
+    keep = {table.name: [i for i, c in enumerate(table.columns) if c.name not in dropped.get(table.name, ())]
+            for table in SQLModel.metadata.sorted_tables}
+    return {name: [tuple(row[i] for i in keep[name]) for row in table_rows] for name, table_rows in rows.items()}
+
+
 def test_downgrade_and_upgrade_keep_every_row(tmp_path):
     url = f"sqlite:///{tmp_path / 'studio.db'}"
     upgrade_database(url)
@@ -105,16 +125,24 @@ def test_downgrade_and_upgrade_keep_every_row(tmp_path):
     engine.dispose()
 
     downgrade_database(url, "-1")
+    assert current_revision(url) == "0002"
+    engine = make_engine(url)
+    assert "coco_id" not in {column["name"] for column in inspect(engine).get_columns("concept")}
+    assert "coco_id" not in {column["name"] for column in inspect(engine).get_columns("image")}
+    assert rows_without(engine, NEW_IN_0003) == rows_without_columns(before, NEW_IN_0003)
+    engine.dispose()
+
+    downgrade_database(url, "0001")
     assert current_revision(url) == "0001"
     engine = make_engine(url)
     index_names = {index["name"] for index in inspect(engine).get_indexes("annotation")}
     assert "ix_annotation_image_id_deleted" not in index_names
-    assert all_rows(engine) == before
+    assert rows_without(engine, NEW_IN_0003) == rows_without_columns(before, NEW_IN_0003)
     engine.dispose()
 
     upgrade_database(url)
     engine = make_engine(url)
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
     assert all_rows(engine) == before
     assert schema_differences(engine) == []
     engine.dispose()

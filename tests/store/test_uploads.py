@@ -156,8 +156,9 @@ def test_the_same_image_twice_is_a_duplicate_and_stored_once(store):
     other_project = make_project(store.engine, "other")
     elsewhere = ingest_files(store.engine, store.media_dir, other_project, [("c.png", picture)], MB)
 
-    assert [n for n, _ in first.accepted] == ["a.png"] and first.duplicates == ["copy.png"]
-    assert again.accepted == [] and again.duplicates == ["b.png"]
+    assert [n for n, _ in first.accepted] == ["a.png"] and first.duplicates == [("copy.png", "a.png")]
+    assert again.accepted == [] and again.duplicates == [("b.png", "a.png")]
+    assert "copy.png: same pixels as a.png, already in this project: stored once, as a.png" in first.messages()
     assert again.image_ids["b.png"] == first.image_ids["a.png"]
     with read_session(store.engine) as session:
         rows = session.exec(select(Image).order_by(Image.id)).all()
@@ -266,9 +267,11 @@ def test_zip_uncompressed_total_and_member_size_are_bounded(store):
     bomb = make_zip([("a.png", image_bytes("PNG")), ("zeros.png", b"\x00" * (5 * MB))])
     assert len(bomb) < 100_000
 
-    whole = ingest_zip(store.engine, store.media_dir, store.project_id, bomb, max_bytes=10 * MB, max_total_bytes=2 * MB)
-    assert whole.accepted == [] and len(whole.refused) == 2
-    assert all(reason.startswith("the zip expands to 5.0 MB, over the 2.0 MB limit") for _, reason in whole.refused)
+    whole = ingest_zip(store.engine, store.media_dir, store.project_id, bomb, max_bytes=10 * MB, max_total_bytes=2 * MB,
+                       zip_name="bomb.zip")
+    assert whole.accepted == [] and len(whole.refused) == 1
+    assert whole.refused[0] == ("bomb.zip", "the zip expands to 5.0 MB, over the 2.0 MB limit for one upload; "
+                                            "nothing from it was stored")
     assert stored_state(store) == (0, [])
 
     per_member = ingest_zip(store.engine, store.media_dir, store.project_id, bomb, max_bytes=MB)

@@ -147,7 +147,7 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     name_box.fill("Shapes")
     name_box.press("Enter")
     wait_text(page, "#data-project-status", "created project shapes")
-    page.get_by_role("tab", name="Import COCO").click()
+    page.get_by_role("tab", name="Import dataset").click()
     page.locator("#data-coco-files input[type=file]").set_input_files(str(shapes_zip))
     page.wait_for_timeout(1000)
     page.locator("#data-import").click()

@@ -16,6 +16,7 @@ from pycocotools.coco import COCO
 from app.settings import Settings
 from app.studio import open_studio
 from app.ui import data_handlers as handlers
+from app.ui import data_io
 from app.ui.messages import REFUSED
 
 
@@ -104,19 +105,19 @@ def test_concepts_add_rename_delete_with_readable_errors(studio):
 
 def test_upload_reports_accepted_duplicate_and_refused_files_by_name(studio, tmp_path):
     project_id = make_project(studio)
-    assert_refused(handlers.upload_images(studio, None, [str(write_image(tmp_path / "a.png", 1))]), "choose a project")
-    assert_refused(handlers.upload_images(studio, project_id, []), "choose image files")
+    assert_refused(data_io.upload_images(studio, None, [str(write_image(tmp_path / "a.png", 1))]), "choose a project")
+    assert_refused(data_io.upload_images(studio, project_id, []), "choose image files")
     good = [write_image(tmp_path / "a.png", 1), write_image(tmp_path / "b.jpg", 2)]
     fake = tmp_path / "page.png"
     fake.write_text("<!doctype html><html><body>hi</body></html>")
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    report = handlers.upload_images(studio, project_id, [str(p) for p in [*good, fake, empty]])
+    report = data_io.upload_images(studio, project_id, [str(p) for p in [*good, fake, empty]])
     assert report.startswith("**2 added**, 0 already in the project, 2 refused.")
     assert "- `page.png`: not an image: looks like HTML" in report
     assert "- `empty.jpg`: empty file" in report
 
-    again = handlers.upload_images(studio, project_id, [str(good[0])])
+    again = data_io.upload_images(studio, project_id, [str(good[0])])
     assert again.startswith("**0 added**, 1 already in the project, 0 refused.") and "- `a.png`" in again
     assert handlers.gallery_page(studio, project_id, "all", 1)[2] == "Page 1 of 1 · 2 images"
 
@@ -129,7 +130,7 @@ def test_zip_upload_is_expanded_next_to_plain_files(studio, tmp_path):
             zipped.write(write_image(tmp_path / f"z{seed}.png", seed), f"photos/z{seed}.png")
         zipped.writestr("photos/readme.txt", "not a picture")
         zipped.writestr("../evil.png", b"x")
-    report = handlers.upload_images(studio, project_id, [str(write_image(tmp_path / "plain.png", 3)), str(archive)])
+    report = data_io.upload_images(studio, project_id, [str(write_image(tmp_path / "plain.png", 3)), str(archive)])
     assert report.startswith("**3 added**, 0 already in the project, 2 refused.")
     assert "- `photos/readme.txt`: not an image: looks like text" in report
     assert "- `../evil.png`: unsafe name in the zip" in report
@@ -164,7 +165,7 @@ def test_coco_import_from_json_plus_images_reports_skips_by_reason(studio, tmp_p
     json_path = tmp_path / "instances.json"
     json_path.write_text(json.dumps(coco_document()))
     image_path = write_image(tmp_path / "scene.png", 5)
-    report = handlers.import_coco_upload(studio, project_id, [str(json_path), str(image_path)])
+    report = data_io.import_dataset(studio, project_id, [str(json_path), str(image_path)])
     assert report.startswith("**2 annotations imported**; images: 1 added, 0 already in the project, 0 refused.")
     assert "New concepts: `crack`, `pothole`." in report
     assert "Clipped to their image (they reached outside it): 1 annotation." in report
@@ -191,14 +192,14 @@ def test_coco_import_from_a_zip_and_refusal_of_a_bad_mix(studio, tmp_path):
         zipped.writestr("dataset/annotations.json", json.dumps(document))
         zipped.write(write_image(tmp_path / "scene.png", 5), "dataset/images/scene.png")
         zipped.write(write_image(tmp_path / "extra.png", 6), "dataset/images/extra.png")
-    report = handlers.import_coco_upload(studio, project_id, [str(archive)])
+    report = data_io.import_dataset(studio, project_id, [str(archive)])
     assert report.startswith("**2 annotations imported**; images: 1 added")
     assert "- `dataset/images/extra.png`: not listed in the COCO file; not imported" in report
 
-    mixed = handlers.import_coco_upload(studio, project_id, [str(archive), str(tmp_path / "scene.png")])
+    mixed = data_io.import_dataset(studio, project_id, [str(archive), str(tmp_path / "scene.png")])
     assert_refused(mixed, "one .json plus its image files (got: dataset.zip, scene.png)")
-    assert_refused(handlers.import_coco_upload(studio, project_id, None), "(got: nothing)")
-    assert_refused(handlers.import_coco_upload(studio, "", [str(archive)]), "choose a project first")
+    assert_refused(data_io.import_dataset(studio, project_id, None), "(got: nothing)")
+    assert_refused(data_io.import_dataset(studio, "", [str(archive)]), "choose a project first")
 
 
 # ---------------------------------------------------------------- gallery
@@ -206,7 +207,7 @@ def test_coco_import_from_a_zip_and_refusal_of_a_bad_mix(studio, tmp_path):
 def test_gallery_pages_of_48_with_captions_thumbnails_and_split_change(studio, tmp_path):
     project_id = make_project(studio)
     paths = [str(write_image(tmp_path / f"img{index:02d}.png", index, size=(300, 200))) for index in range(50)]
-    handlers.upload_images(studio, project_id, paths)
+    data_io.upload_images(studio, project_id, paths)
 
     items, page_ids, label, page = handlers.gallery_page(studio, project_id, "all", 1)
     assert (len(items), len(page_ids), label, page) == (48, 48, "Page 1 of 2 · 50 images", 1)
@@ -248,14 +249,15 @@ def test_exports_are_zips_with_the_project_in_each_format(studio, tmp_path):
     project_id = make_project(studio, "Road cracks/2024")
     json_path = tmp_path / "instances.json"
     json_path.write_text(json.dumps(coco_document()))
-    handlers.import_coco_upload(studio, project_id, [str(json_path), str(write_image(tmp_path / "scene.png", 5))])
-    handlers.upload_images(studio, project_id, [str(write_image(tmp_path / "negative.png", 8))])
-    assert handlers.export_project(studio, None, "COCO")[0] is None
-    assert_refused(handlers.export_project(studio, None, "COCO")[1], "cannot export: choose a project first")
-    assert_refused(handlers.export_project(studio, project_id, "VOC")[1], "unknown export format 'VOC'")
+    data_io.import_dataset(studio, project_id, [str(json_path), str(write_image(tmp_path / "scene.png", 5))])
+    data_io.upload_images(studio, project_id, [str(write_image(tmp_path / "negative.png", 8))])
+    assert data_io.export_project(studio, None, "COCO")[0] is None
+    assert_refused(data_io.export_project(studio, None, "COCO")[1], "cannot export: choose a project first")
+    assert_refused(data_io.export_project(studio, project_id, "VOC")[1], "unknown export format 'VOC'")
 
-    coco_zip, status = handlers.export_project(studio, project_id, "COCO")
-    assert status == "COCO export of `Road cracks/2024` is ready: `Road-cracks-2024-coco.zip`."
+    coco_zip, status = data_io.export_project(studio, project_id, "COCO")
+    assert status == ("COCO export of `Road cracks/2024` is ready: `Road-cracks-2024-coco.zip`, reviewed labels "
+                      "(drawn, accepted or imported; unreviewed proposals left out).")
     assert Path(coco_zip).name == "Road-cracks-2024-coco.zip"
     assert Path(coco_zip).is_relative_to(tempfile.gettempdir())
     coco_dir = unzip(coco_zip, tmp_path / "coco")
@@ -265,14 +267,16 @@ def test_exports_are_zips_with_the_project_in_each_format(studio, tmp_path):
     assert all((coco_dir / "images" / image["file_name"]).is_file() for image in coco.loadImgs(coco.getImgIds()))
     assert {int(coco.annToMask(a).sum()) for a in coco.loadAnns(coco.getAnnIds())} == {400, 80}
 
-    yolo_dir = unzip(handlers.export_project(studio, project_id, "YOLO-seg")[0], tmp_path / "yolo")
+    yolo_dir = unzip(data_io.export_project(studio, project_id, "YOLO-seg")[0], tmp_path / "yolo")
     assert yaml.safe_load((yolo_dir / "data.yaml").read_text())["names"] == {0: "crack", 1: "pothole"}
     label_lines = [line for path in yolo_dir.glob("labels/*/*.txt") for line in path.read_text().splitlines()]
     assert sorted(line.split()[0] for line in label_lines) == ["0", "1"]
     assert len(list(yolo_dir.glob("images/*/*.png"))) == 2
 
-    masks_dir = unzip(handlers.export_project(studio, project_id, "PNG masks")[0], tmp_path / "masks")
-    legend = json.loads((masks_dir / "legend.json").read_text())
-    assert [concept["name"] for concept in legend["concepts"]] == ["crack", "pothole"]
-    instance_maps = [np.array(Image.open(path)) for path in sorted(masks_dir.glob("instances/*.png"))]
+    masks_dir = unzip(data_io.export_project(studio, project_id, "PNG masks")[0], tmp_path / "masks")
+    labelmap = (masks_dir / "labelmap.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in labelmap[1:]] == ["background", "crack", "pothole"]
+    instance_maps = [np.array(Image.open(path)) for path in sorted(masks_dir.glob("SegmentationObject/*.png"))]
     assert sorted(int(values.max()) for values in instance_maps) == [0, 2]  # the negative, and scene's 2 instances
+    assert_refused(data_io.export_project(studio, project_id, "YOLO-seg", include_proposals=True)[1],
+                   "only a COCO export can mark unreviewed proposals")
