@@ -101,11 +101,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     services = start_background_services(settings, studio.engine, with_worker=with_worker)
     studio.models.warm_up_in_background()  # the banner says which SAM3 runs once it has loaded
 
+    from app.predict_api import with_predict_routes
     from app.ui.layout import build_app  # gradio is slow to import; --help and bad settings stay fast
 
     demo = build_app(studio)
     try:
-        demo.launch(**launch_options(settings, args.host or settings.HOST, args.port or settings.PORT))
+        options = launch_options(settings, args.host or settings.HOST, args.port or settings.PORT)
+        demo.launch(**with_predict_routes(options, studio))  # + the HTTP predict API, behind the same login
     finally:
         services.stop()
 

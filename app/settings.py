@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sam3_lora.hub_ids import is_hub_id
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the studio cannot use."""
@@ -23,6 +25,12 @@ class Settings(BaseSettings):
     DATABASE_URL: str = Field("", description="SQLAlchemy URL; empty means sqlite:///DATA_DIR/studio.db.")
     REDIS_URL: str = Field("", description="Celery broker, e.g. redis://127.0.0.1:6379/0; empty means the embedded broker.")
     SAM3_MODEL: str = Field("facebook/sam3", description="Hub id or local folder of the SAM3 weights.")
+    SAM3_BASE_MODEL: str = Field("", description="Hub id the SAM3_MODEL folder came from (e.g. facebook/sam3), named "
+                                 "by model cards and pushed adapters; empty when SAM3_MODEL is the hub id.")
+    LABEL_STUDIO_URL: str = Field("", description="Label Studio's address (e.g. http://label-studio:8080): the "
+                                  "Label Studio ML backend fetches task images from there, and from nowhere else.")
+    LABEL_STUDIO_API_KEY: str = Field("", description="Label Studio access token the ML backend sends when it "
+                                      "fetches task images (Authorization: Token ...).")
     STUDIO_USERS: str = Field("", description="Optional login: 'alice:secret,bob:other'; empty means no login.")
     HOST: str = Field("127.0.0.1", description="Address the web app binds to.")
     PORT: int = Field(7860, ge=1, le=65535, description="Port the web app listens on.")
@@ -62,6 +70,20 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db (or rediss://, unix://)")
         return value
+
+    @field_validator("SAM3_BASE_MODEL")
+    @classmethod
+    def _base_model_is_hub_id(cls, value: str) -> str:
+        if value and not is_hub_id(value):
+            raise ValueError("expected a Hub id such as facebook/sam3, not a path")
+        return value
+
+    @field_validator("LABEL_STUDIO_URL")
+    @classmethod
+    def _label_studio_url_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("expected http://host:port or https://host")
+        return value.rstrip("/")
 
     @field_validator("STUDIO_USERS")
     @classmethod

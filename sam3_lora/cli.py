@@ -1,87 +1,36 @@
-"""`sam3-lora`: train, evaluate, predict and make a synthetic dataset from the command line.
+"""`sam3-lora`: train, evaluate, predict, export, push and make a synthetic dataset from the command line.
 
   sam3-lora synth data/synthetic                       # a learnable toy COCO set
   sam3-lora tiny-model models/tiny-sam3                # a tiny random SAM3 folder (offline demo)
-  sam3-lora train --config configs/quick.yaml          # progress bar + a loss line per log_every
+  sam3-lora train --config configs/quick.yaml          # a new run folder each time; --resume continues the last
   sam3-lora evaluate --model facebook/sam3 --adapter runs/x/adapter --annotations a.json --images dir
   sam3-lora predict --image x.png --prompt crack [--adapter dir] --out out/
+  sam3-lora export --merge --adapter runs/x/adapter --out merged/   # a full Sam3Model folder
+  sam3-lora push runs/x/adapter --repo-id you/sam3-lora-cracks       # to the Hugging Face Hub
+
+Logging goes to stderr at INFO through tqdm (it never cuts the progress bar); results go to
+stdout. Bad input (a config key, a missing file or model folder) is one line on stderr and exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
+import logging
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from tqdm import tqdm
 
-from sam3_lora.config import ConfigError, TrainConfig
+from sam3_lora.config import ConfigError
+
+DISTRIBUTION = "sam3-lora-studio"
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = TrainConfig.from_yaml(args.config)
-    for override in args.set or []:
-        cfg = _with_override(cfg, override)
-    if cfg.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        # One process per GPU: re-run this very command under torchrun, through this interpreter
-        # (a `torchrun` on PATH may belong to another environment); --standalone picks a free port.
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.gpus}",
-                   "-m", "sam3_lora.cli", *sys.argv[1:]]
-        return subprocess.call(command)
-    from sam3_lora.train import train
+    from sam3_lora.cli_train import run_train
 
-    bar = tqdm(total=1, unit="step", disable=args.quiet or int(os.environ.get("RANK", "0")) != 0)
-
-    def on_event(event: dict) -> None:
-        kind = event["type"]
-        if kind == "start":
-            bar.reset(total=event["total_steps"])
-            bar.update(event["start_step"])
-            counts = event["parameters"]
-            tqdm.write(f"trainable LoRA parameters: {counts['trainable']:,} of {counts['base']:,} base; "
-                       f"train set: {event['dataset']['train']['instances']} instances")
-            for warning in event["dataset"]["warnings"]:
-                tqdm.write(f"warning: {warning}")
-        elif kind == "progress":
-            bar.update(event["step"] - bar.n)
-        elif kind == "step":
-            terms = " ".join(f"{name[5:]}={event[name]:.3f}" for name in sorted(event)
-                             if name.startswith("loss_") and not name[-1].isdigit())
-            tqdm.write(f"step {event['step']:>6} loss={event['loss']:.3f} {terms} lr={event['lr']:.2e} "
-                       f"num_boxes={event['num_boxes']:.0f} {event['images_per_s']:.1f} img/s")
-        elif kind == "eval":
-            maps = f" segm_mAP={event['segm_mAP']:.3f} bbox_mAP={event['bbox_mAP']:.3f}" if "segm_mAP" in event else ""
-            tqdm.write(f"eval  {event['step']:>6} val_loss={event['loss']:.3f}{maps}")
-        elif kind == "checkpoint":
-            tqdm.write(f"checkpoint {event['path']}")
-
-    result = train(cfg, on_event)
-    bar.close()
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # only rank 0 writes the adapter and computes mAP
-    print(f"adapter: {result.adapter_dir}")
-    if result.eval_before and result.eval_after:
-        print(f"segm mAP {result.eval_before['segm_mAP']:.3f} -> {result.eval_after['segm_mAP']:.3f}; "
-              f"bbox mAP {result.eval_before['bbox_mAP']:.3f} -> {result.eval_after['bbox_mAP']:.3f}")
-    return 0
-
-
-def _with_override(cfg: TrainConfig, override: str) -> TrainConfig:
-    """'schedule.max_steps=20' -> a new validated config (the value is parsed as YAML)."""
-    import yaml
-
-    key, sep, raw = override.partition("=")
-    if not sep:
-        raise ConfigError(f"--set {override!r}: expected key=value, e.g. schedule.max_steps=20")
-    values = cfg.to_dict()
-    node = values
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(raw)
-    return TrainConfig.from_dict(values)
+    return run_train(args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -134,15 +83,79 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    if not args.merge:
+        raise ConfigError("only --merge is supported: an adapter folder is already a PEFT folder with its model card, "
+                          "ready for `sam3-lora push`")
+    from sam3_lora.merged_export import export_merged
+
+    out = export_merged(args.adapter, args.out, model_source=args.model, base_model=args.base_model)
+    print(f"merged model: {out} (load it with Sam3Model.from_pretrained)")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from sam3_lora.hub_push import is_hub_transport_error, push_folder
+
+    try:
+        url = push_folder(args.folder, args.repo_id, private=not args.public, commit_message=args.message)
+    except Exception as error:  # refused by the Hub (token, rights, name) or unreachable: not a bug of ours
+        if not is_hub_transport_error(error):
+            raise
+        print(f"sam3-lora push: the upload failed: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """A logging handler that writes through tqdm.write, so a log line never cuts the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # logging must never raise into the training loop
+            self.handleError(record)
+
+
+def setup_logging() -> None:
+    """INFO and up to stderr through tqdm; warnings (e.g. a library's FutureWarning) and transformers'
+    own logger go the same way; per-request lines of the HTTP clients stay out."""
+    from transformers.utils import logging as transformers_logging
+
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    transformers_logging.set_verbosity_warning()
+    logging.getLogger("huggingface_hub").handlers.clear()  # it propagates too: each line would show twice
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam3-lora", description="Fine-tune LoRA adapters on SAM3.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter from a YAML config")
     train.add_argument("--config", required=True, help="YAML file of TrainConfig keys (see configs/)")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override one key, e.g. --set schedule.max_steps=20 (repeatable)")
+    train.add_argument("--resume", nargs="?", const="auto", metavar="CHECKPOINT",
+                       help="continue the run in output_dir from its latest checkpoint (or from CHECKPOINT); "
+                            "without it a used output_dir is never reused: the run goes to output_dir2, 3, ...")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--exact-output-dir", action="store_true", help=argparse.SUPPRESS)  # torchrun ranks
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="COCO segm and bbox mAP of SAM3 (+ adapter) on a COCO set")
@@ -173,15 +186,37 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("folder", help="output folder")
     tiny.add_argument("--size", type=int, default=112, help="input size, a multiple of 56 (default 112)")
     tiny.set_defaults(run=_tiny_model)
+
+    export = commands.add_parser("export", help="write the adapter merged into SAM3 (a full Sam3Model folder)")
+    export.add_argument("--merge", action="store_true", help="fold W + (alpha/r) B A into the weights (required)")
+    export.add_argument("--adapter", required=True, help="PEFT adapter folder")
+    export.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    export.add_argument("--model", help="base SAM3, hub id or folder (default: the adapter's base_model_name_or_path)")
+    export.add_argument("--base-model", help="Hub id the card names as base model when --model is a folder")
+    export.set_defaults(run=_export)
+
+    push = commands.add_parser("push", help="upload an adapter (or merged) folder to the Hugging Face Hub")
+    push.add_argument("folder", help="adapter folder (or a folder from export --merge)")
+    push.add_argument("--repo-id", required=True, help="your-name/model-name; created if missing")
+    push.add_argument("--public", action="store_true", help="make a new repository public (default private)")
+    push.add_argument("--message", help="commit message")
+    push.set_defaults(run=_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging()
+    from sam3_lora.checkpoint import CheckpointError
+    from sam3_lora.model import ModelLoadError
+
     try:
         return args.run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, CheckpointError) as error:
         print(f"sam3-lora {args.command}: {error}", file=sys.stderr)
+        return 2
+    except ModelLoadError as error:  # a missing model folder, an unreachable hub id: one line, not a traceback
+        print(f"sam3-lora {args.command}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,7 @@ import torch
 
 from sam3_lora.config_schema import (ConfigError, build_section, check_types, key_field, read_yaml_mapping, require,
                                      section_help, to_plain, unknown_keys)
+from sam3_lora.hub_ids import is_hub_id
 from sam3_lora.losses import DEFAULT_NUM_POINTS, MASK_MODES as MASK_LOSS_MODES, LossWeights
 from sam3_lora.schedule import SCHEDULES
 
@@ -34,10 +35,16 @@ DEFAULT_VAL_FRACTION = 0.1
 class ModelSection:
     source: str = key_field("SAM3 weights: a hub id (facebook/sam3 is gated: log in with `hf auth login`) or a "
                             "local folder written by save_pretrained that also holds the tokenizer files.", "facebook/sam3")
+    base_model: str | None = key_field("Hub id the weights of a local `source` folder came from (e.g. facebook/sam3): "
+                                       "the model card and adapter_config.json name it, never the folder. Leave "
+                                       "out when source is the hub id.", None)
 
     def __post_init__(self):
         check_types(self, "model")
         require(bool(self.source.strip()), "model.source", "is empty; give a hub id or a folder")
+        if self.base_model is not None:
+            require(is_hub_id(self.base_model), "model.base_model",
+                    f"must be a Hub id such as facebook/sam3, not a path; got {self.base_model!r}")
 
 
 @dataclass(kw_only=True)

@@ -39,10 +39,12 @@ from app.store.dataset_stats import has_val_images
 from app.store.db import make_engine, read_session
 from app.store.media import media_path
 from app.store.models import Adapter, Job
+from app.store.projects import get_project
 from sam3_lora.adapter_io import replace_folder_atomically
 from sam3_lora.config import TrainConfig
+from sam3_lora.model_card import write_model_card
 from sam3_lora.train import TrainResult, train
-from worker.model_card import write_model_card
+from worker.model_card import job_card_facts
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,8 @@ class _EventRecorder:
         return "stop" if self.stop_requested else None
 
 
-def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: TrainResult, partial: bool) -> str:
+def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: TrainResult, partial: bool,
+                    project_name: str = "") -> str:
     """Copy the run's adapter + model card into the media store atomically; returns its relative path.
 
     replace_folder_atomically: written into a temp sibling, fsynced, then swapped into place,
@@ -151,7 +154,7 @@ def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: Trai
 
     def write(temp: Path) -> None:
         shutil.copytree(result.adapter_dir, temp, dirs_exist_ok=True)
-        write_model_card(temp, job_id=job.id, config=cfg.to_dict(), result=result, partial=partial)
+        write_model_card(temp, job_card_facts(settings, job.id, project_name, cfg, result, partial))
 
     replace_folder_atomically(media_path(settings.media_dir, relative), write)
     return relative
@@ -172,7 +175,8 @@ def _finish(engine: Engine, settings: Settings, job: Job, cfg: TrainConfig, resu
     cancelled = result.stopped and current.cancel_requested
     if result.stopped and not cancelled:
         return ""  # beat said stop without a cancel: the job is no longer this run's
-    relative = publish_adapter(settings, job, cfg, result, partial=cancelled)
+    relative = publish_adapter(settings, job, cfg, result, partial=cancelled,
+                               project_name=get_project(engine, job.project_id).name)
     if not _adapter_exists(engine, job.id):  # a crash between record and finish must not record twice
         name = f"job-{job.id} (partial, step {result.steps})" if cancelled else f"job-{job.id}"
         record_adapter(engine, job.project_id, job.id, name, relative, base_model=cfg.model.source,

@@ -82,13 +82,21 @@ def zip_adapter(media_dir: Path | str, adapter: Adapter, target: Path) -> Path:
     """Write `target` (.zip) holding the adapter's PEFT folder as `<target stem>/<files>`
     (adapter_config.json, adapter_model.safetensors, README.md model card, loss_curve.png).
 
-    Written to a temp name and renamed, so a reader never sees half a zip. The weights are
-    stored, not deflated (safetensors barely compress). FileNotFoundError names a missing file.
+    FileNotFoundError names a missing file; see `zip_folder`.
     """
     folder = adapter_folder(media_dir, adapter)
     for required in ("adapter_config.json", "adapter_model.safetensors"):
         if not (folder / required).is_file():
             raise FileNotFoundError(f"adapter {adapter.name!r}: {required} is missing from its folder {adapter.path}")
+    return zip_folder(folder, target)
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """Write `target` (.zip) holding the files of `folder` (top level) as `<target stem>/<name>`.
+
+    Written to a temp name and renamed, so a reader never sees half a zip. Weights are
+    stored, not deflated (safetensors barely compress).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     with zipfile.ZipFile(partial, "w") as archive:

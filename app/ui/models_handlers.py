@@ -5,6 +5,9 @@ Showing an adapter (`pick_adapter`) returns its details, its job's loss curve an
 download button pointing at a zip of its PEFT folder, made once per adapter folder
 version in a per-user temp folder (gradio copies it to its cache and serves it through
 its file route, behind the login when STUDIO_USERS is set). Delete takes two clicks.
+`merged_model_zip` writes the adapter merged into its base SAM3 (sam3_lora.merged_export)
+as a zip in the same temp folder; `push_adapter` uploads the adapter folder to the Hub
+with the token the user typed (sam3_lora.hub_push; the token is used for that call only).
 """
 from __future__ import annotations
 
@@ -21,13 +24,14 @@ from typing import Any
 import gradio as gr
 
 from app.store.adapters import (AdapterNotFound, adapter_folder, adapter_metrics, delete_adapter, get_adapter,
-                                list_adapters, map_before_after, zip_adapter)
+                                list_adapters, map_before_after, zip_adapter, zip_folder)
 from app.store.models import Adapter
 from app.studio import Studio
 from app.ui.curves import curve_frame, refresh_curve
 from app.ui.messages import NO_PROJECT, refusal
 from app.ui.proposal_choices import BASE_CHOICE, proposal_model_choices
 from app.ui.train_jobs import map_table
+from sam3_lora.hub_push import PushFolderError, is_hub_transport_error, push_folder
 
 ADAPTER_HEADERS = ["Id", "Name", "Job", "Created (UTC)", "Base model", "segm mAP", "bbox mAP"]
 ZIP_MAX_AGE_S = 3600  # gradio has copied a zip into its cache long before this
@@ -83,11 +87,15 @@ def _sweep_old_zips(root: Path) -> None:
             continue
 
 
+def _zip_stem(adapter: Adapter, suffix: str = "") -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"sam3-lora-{adapter.name}{suffix}").strip("-.")
+
+
 def adapter_zip_path(studio: Studio, adapter: Adapter) -> Path:
     """The download zip of the adapter: `<temp>/<id>-<folder mtime>/sam3-lora-<name>.zip`, made once."""
     folder = adapter_folder(studio.media_dir, adapter)
     version = folder.stat().st_mtime_ns if folder.is_dir() else 0
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"sam3-lora-{adapter.name}").strip("-.")
+    stem = _zip_stem(adapter)
     root = _temp_root()
     target = root / f"{adapter.id}-{version}" / f"{stem}.zip"
     if not target.is_file():
@@ -175,3 +183,41 @@ def delete_adapter_twice(studio: Studio, project_id: Any, adapter_id: Any, pendi
     proposals = gr.Dropdown(choices=proposal_model_choices(studio, project_id), value=keep)
     return (rows, dropdown, details, curve, download, f"Deleted adapter **{html.escape(adapter.name)}**.",
             None, proposals)
+
+
+def merged_model_zip(studio: Studio, project_id: Any, adapter_id: Any) -> tuple[Any, str]:
+    """(the merged-model download button, message): the adapter folded into the SAM3 it was trained on,
+    a full Sam3Model folder zipped as `<temp>/merged-<id>-<folder mtime>/sam3-lora-<name>-merged.zip`, made once."""
+    try:
+        _, adapter = _chosen_adapter(studio, project_id, adapter_id)
+        folder = adapter_folder(studio.media_dir, adapter)
+        stem = _zip_stem(adapter, "-merged")
+        target = _temp_root() / f"merged-{adapter.id}-{folder.stat().st_mtime_ns}" / f"{stem}.zip"
+        if not target.is_file():
+            from sam3_lora.merged_export import export_merged  # torch / transformers work; only on a click
+
+            _sweep_old_zips(_temp_root())
+            with tempfile.TemporaryDirectory(dir=_temp_root()) as work:
+                merged = export_merged(folder, Path(work) / stem, model_source=adapter.base_model or None)
+                zip_folder(merged, target)
+    except (ValueError, AdapterNotFound, FileNotFoundError, RuntimeError) as error:
+        return gr.update(value=None, interactive=False), refusal("cannot merge the adapter", error)
+    size_mb = target.stat().st_size / 2**20
+    return (gr.update(value=str(target), interactive=True),
+            f"Merged **{html.escape(adapter.name)}** into its base SAM3 ({size_mb:.0f} MB): a folder that "
+            "`Sam3Model.from_pretrained` loads without PEFT.")
+
+
+def push_adapter(studio: Studio, project_id: Any, adapter_id: Any, repo_id: Any, token: Any, private: Any) -> str:
+    """Upload the adapter folder (PEFT files + model card) to `repo_id` on the Hub; returns the message."""
+    try:
+        _, adapter = _chosen_adapter(studio, project_id, adapter_id)
+        url = push_folder(adapter_folder(studio.media_dir, adapter), str(repo_id or "").strip(),
+                          token=str(token or "").strip() or None, private=bool(private))
+    except (ValueError, AdapterNotFound, PushFolderError) as error:
+        return refusal("cannot push the adapter", error)
+    except Exception as error:  # the Hub refused (token, rights) or could not be reached
+        if not is_hub_transport_error(error):
+            raise
+        return refusal("the Hub refused the upload", str(error).splitlines()[0])
+    return f"Pushed **{html.escape(adapter.name)}** to `{html.escape(str(repo_id).strip())}`: {html.escape(url)}"

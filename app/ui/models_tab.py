@@ -30,6 +30,19 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
                 delete_button = gr.Button("Delete", variant="stop", elem_id="models-delete")
             message = gr.Markdown(elem_id="models-message")
             pending_delete = gr.State(None)
+            with gr.Accordion("Use it elsewhere: merged SAM3, Hugging Face Hub", open=False):
+                with gr.Row():
+                    merge_button = gr.Button("Merge into SAM3", elem_id="models-merge")
+                    merged_download = gr.DownloadButton("Download merged model (zip)", value=None, interactive=False,
+                                                        elem_id="models-merged-download")
+                with gr.Row():
+                    repo_id = gr.Textbox(label="Hub repository", placeholder="your-name/sam3-lora-cracks",
+                                         elem_id="models-repo")
+                    token = gr.Textbox(label="Hub token (write access; used for this push only, not stored)",
+                                       type="password", elem_id="models-token")
+                with gr.Row():
+                    private = gr.Checkbox(label="private repository", value=True, elem_id="models-private")
+                    push_button = gr.Button("Push adapter to the Hub", elem_id="models-push")
         with gr.Column(scale=3, min_width=420):
             details = gr.Markdown(elem_id="models-details")
     curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
@@ -45,6 +58,9 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
     if isinstance(tab, gr.Tab):
         tab.select(show, [project, choice], [adapters, choice, *shown])
     choice.input(partial(handlers.pick_adapter, studio), [project, choice], shown)
+    choice.change(lambda: gr.update(value=None, interactive=False), None, merged_download)  # it was of another
+    merge_button.click(partial(handlers.merged_model_zip, studio), [project, choice], [merged_download, message])
+    push_button.click(partial(handlers.push_adapter, studio), [project, choice, repo_id, token, private], [message])
     use_button.click(partial(handlers.use_for_proposals, studio), [project, choice], [proposal_model, message])
     delete_button.click(
         partial(handlers.delete_adapter_twice, studio), [project, choice, pending_delete, proposal_model],
