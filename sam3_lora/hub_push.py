@@ -36,6 +36,10 @@ def _card_metadata(folder: Path) -> dict:
         metadata = ModelCard.load(card_path).data.to_dict()
     except ValueError as error:
         raise PushFolderError(f"{card_path}: the model card's metadata does not parse: {error}") from None
+    if not metadata:
+        raise PushFolderError(f"{card_path} has no metadata header (library_name, base_model, license); an adapter "
+                              "trained before cards had one needs a new card: train it again, or write one with "
+                              "sam3_lora.model_card.write_model_card")
     base = metadata.get("base_model")
     if not isinstance(base, str) or not is_hub_id(base):
         raise PushFolderError(

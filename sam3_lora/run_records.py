@@ -88,12 +88,16 @@ def write_results_csv(path: Path, rows: list[dict]) -> None:
     os.replace(temp, path)
 
 
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def read_results_csv(path: Path) -> list[dict]:
-    """Rows of a results.csv (numbers as float, empty cells left out); [] when there is none."""
+    """Rows of a results.csv (numbers as int or float, as written; empty cells left out); [] when there is none."""
     if not path.is_file():
         return []
     with path.open(newline="", encoding="utf-8") as handle:
-        return [{name: value if name == "split" else float(value) for name, value in row.items() if value != ""}
+        return [{name: value if name == "split" else _number(value) for name, value in row.items() if value != ""}
                 for row in csv.DictReader(handle)]
 
 

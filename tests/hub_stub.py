@@ -7,6 +7,7 @@ It answers the calls an `upload_folder` into a new repository makes and records 
   POST /api/models/<repo>/preupload/<revision>    -> every file "regular" (so its bytes ride in the commit)
   POST /api/models/<repo>/commit/<revision>       ndjson: a header, then one line per file (base64)
 Anything else is a 404, so a client that starts asking for more shows up as a failure.
+With `tokens` set, a request whose bearer token is not one of them gets the Hub's 401.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class HubStub:
     authorizations: list[str] = field(default_factory=list)  # Authorization header of every request
     commits: list[dict] = field(default_factory=list)  # {"repo", "summary", "files": {path: bytes}}
     validated: list[str] = field(default_factory=list)  # README texts sent to validate-yaml
+    tokens: set[str] = field(default_factory=set)  # accepted tokens; empty = any
 
     def uploaded(self, repo_id: str) -> dict[str, bytes]:
         """path -> bytes of every file committed to `repo_id`."""
@@ -52,7 +54,10 @@ def _handler(stub: HubStub):
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            stub.authorizations.append(self.headers.get("Authorization", ""))
+            authorization = self.headers.get("Authorization", "")
+            stub.authorizations.append(authorization)
+            if stub.tokens and authorization.removeprefix("Bearer ") not in stub.tokens:
+                return self._answer(401, {"error": "Invalid credentials in Authorization header"})
             path = self.path.split("?")[0]
             if path == "/api/repos/create":
                 request = json.loads(body)

@@ -8,7 +8,10 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import json
+
 import pytest
+from huggingface_hub import ModelCard
 
 from app.jobs.recipe import job_train_config, preset_recipe
 from app.settings import Settings
@@ -69,3 +72,19 @@ def test_a_failed_publish_leaves_the_earlier_adapter(tmp_path, publish, monkeypa
     folder = published(tmp_path)
     assert (folder / WEIGHTS_FILE).read_bytes() == b"first" and (folder / "README.md").is_file()
     assert [path.name for path in folder.parent.iterdir()] == [folder.name]
+
+
+@pytest.mark.parametrize("source, expected", [("/models/sam3", "facebook/sam3"), ("/data/models/tiny-sam3", None)])
+def test_the_card_names_the_hub_id_of_the_studio_model_never_a_folder(tmp_path, source, expected):
+    """SAM3_MODEL is a local copy of facebook/sam3 (SAM3_BASE_MODEL says so); a job that trained the
+    tiny fallback instead (another source) has no Hub base model."""
+    settings = Settings(DATA_DIR=tmp_path / "data", SAM3_MODEL="/models/sam3", SAM3_BASE_MODEL="facebook/sam3")
+    cfg = job_train_config(preset_recipe("Quick"), {"train_annotations": "a.json", "train_images": "images"},
+                           source, str(tmp_path / "out"))
+    run_job.publish_adapter(settings, JOB, cfg, trained(tmp_path, b"w"), partial=False, project_name="Bridges")
+    folder = published(tmp_path)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == expected
+    assert card.text.startswith(f"\n# SAM3 LoRA adapter of job {JOB.id} (Bridges)")
+    recorded = json.loads((folder / CONFIG_FILE).read_text()).get("base_model_name_or_path")
+    assert recorded == expected  # the trained() stand-in records none; a known base is written in

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from PIL import Image as PILImage
 from sqlalchemy import Engine
@@ -166,8 +167,10 @@ def test_a_job_trains_to_a_loadable_adapter_with_a_model_card(running_worker, ti
     metrics = json.loads(adapter.metrics_json)
     assert metrics["steps"] == 24 and "segm_mAP" in metrics["eval_after"] and "segm_mAP" in metrics["eval_before"]
     folder = settings.media_dir / adapter.path
-    card = (folder / "README.md").read_text()
-    assert f"job {done.id}" in card and "segm mAP" in card and "loss_curve.png" in card
+    card = ModelCard.load(folder / "README.md")
+    assert f"job {done.id}" in card.text and "segm mAP" in card.text and "loss_curve.png" in card.text
+    assert card.data.library_name == "peft" and "sam3" in card.data.tags and card.data.license_name == "sam-license"
+    assert "| circle |" in card.text  # the data summary and per-concept AP of the job's own run
     with PILImage.open(folder / "loss_curve.png") as curve:
         assert curve.size == (640, 360)
     base = Sam3Model.from_pretrained(tiny_model_dir)

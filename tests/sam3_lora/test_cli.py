@@ -1,4 +1,5 @@
-"""`sam3-lora` end to end on the tiny SAM3: help, synth, tiny-model, train, evaluate, predict.
+"""`sam3-lora` end to end on the tiny SAM3: help, --version, synth, tiny-model, train, evaluate, predict
+(run folders and records: test_cli_runs.py; export and push: test_export_push.py).
 
 Config mistakes exit with status 2 and a message naming the key (checked on a real
 process once, in-process otherwise: `main(argv)` is what the console script calls).
@@ -6,6 +7,7 @@ process once, in-process otherwise: `main(argv)` is what the console script call
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ from sam3_lora.coco import load_coco
 from sam3_lora.model import load_sam3, model_image_size
 from sam3_lora.synthetic import write_synthetic_coco
 
-COMMANDS = ["train", "evaluate", "predict", "synth", "tiny-model"]
+COMMANDS = ["train", "evaluate", "predict", "synth", "tiny-model", "export", "push"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,13 @@ def test_every_command_has_help(command, capsys):
     assert out.startswith(f"usage: sam3-lora {' '.join(command)}".rstrip())
     if not command:
         assert all(name in out for name in COMMANDS)
+
+
+def test_version_is_the_package_version(capsys):
+    version = re.search(r'^version = "(.+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"sam3-lora {version}"
 
 
 def test_the_console_script_is_installed_and_runs():

@@ -1,6 +1,7 @@
 """With STUDIO_USERS set, every route the running app has (read from the app itself, so
 routes a new gradio adds are probed too) refuses a request without a session, except
-the few the login page needs, which carry none of the studio's data."""
+the few the login page needs, which carry none of the studio's data. The app is launched
+as app.main launches it, the HTTP predict API (app.predict_api) included."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,7 @@ import httpx
 import pytest
 
 from app.main import launch_options
+from app.predict_api import with_predict_routes
 from app.settings import Settings
 from app.store.projects import create_project
 from app.studio import open_studio
@@ -23,7 +25,8 @@ PUBLIC = {
     "/gradio_api/theme.css", "/gradio_api/user", "/gradio_api/user/", "/gradio_api/token", "/gradio_api/token/",
     "/gradio_api/app_id", "/gradio_api/app_id/", "/gradio_api/startup-events",
 }
-REFUSED = {401, 403, 404, 405, 422}  # 422: the request is refused before any handler runs
+REFUSED = {401, 403, 404, 405, 422}
+OWN_API = ("/api/predict", "/labelstudio/")  # app.predict_api  # 422: the request is refused before any handler runs
 EVENT_BODY = {"data": [], "fn_index": 0, "session_hash": "probe", "event_data": None, "trigger_id": 1}
 
 
@@ -46,7 +49,8 @@ def locked_app(tmp_path):
     create_project(studio.engine, SECRET_PROJECT)
     demo = build_app(studio)
     port = free_port()
-    demo.launch(**launch_options(settings, "127.0.0.1", port), prevent_thread_lock=True, quiet=True)
+    options = with_predict_routes(launch_options(settings, "127.0.0.1", port), studio)
+    demo.launch(**options, prevent_thread_lock=True, quiet=True)
     yield demo, f"http://127.0.0.1:{port}"
     demo.close()
     studio.engine.dispose()
@@ -68,6 +72,8 @@ def test_no_route_serves_studio_data_without_a_session(locked_app):
     demo, url = locked_app
     routes = app_routes(demo.app.routes)
     assert ("GET", "/config") in routes and ("POST", "/gradio_api/queue/join") in routes
+    assert {("POST", "/api/predict"), ("POST", "/labelstudio/{model}/predict"),
+            ("GET", "/labelstudio/{model}/health")} <= set(routes)
     assert not any(path in ("/openapi.json", "/docs", "/redoc") for _, path in routes)
     served = []
     with httpx.Client(base_url=url, timeout=httpx.Timeout(5.0, read=3.0)) as client:
@@ -77,7 +83,9 @@ def test_no_route_serves_studio_data_without_a_session(locked_app):
             except httpx.ReadTimeout:  # an event stream that waits for events: it sent nothing
                 status, content = 0, b""
             assert SECRET_PROJECT.encode() not in content and b"Projects & Data" not in content, (method, path)
-            if path not in PUBLIC:
+            if path.startswith(OWN_API):  # our routes check the login first: 401, never a 404 or 422 of a handler
+                assert status == 401, (method, path, status, content[:200])
+            elif path not in PUBLIC:
                 assert status in REFUSED or status == 0, (method, path, status, content[:200])
             elif status == 200:
                 served.append(path)

@@ -1,11 +1,15 @@
 """The "Models" handlers on a real SQLite store with a real LoRA adapter of the tiny SAM3
-(apply_lora + save_adapter), recorded as a finished job would record it."""
+(apply_lora + save_adapter), recorded as a finished job would record it. Pushes go through the
+real huggingface_hub client to a local stand-in of the Hub (tests/hub_stub.py)."""
 from __future__ import annotations
 
 import tempfile
 import zipfile
 
+import huggingface_hub.constants
 import pytest
+import torch
+from huggingface_hub import ModelCard
 from peft import PeftModel
 from transformers import Sam3Model
 
@@ -19,6 +23,8 @@ from app.ui.messages import REFUSED
 from app.ui.proposal_choices import BASE_CHOICE
 from sam3_lora.adapter_io import CONFIG_FILE, WEIGHTS_FILE, save_adapter
 from sam3_lora.lora import LoraSettings, apply_lora
+from sam3_lora.model_card import ModelCardFacts, write_model_card
+from tests.hub_stub import start_hub_stub
 from tests.jobs.conftest import write_metric_rows
 
 SHOWN = {name: index for index, name in enumerate(["rows", "choice", "details", "curve", "download", "message", "pending"])}
@@ -38,7 +44,7 @@ def lora_model(tiny_model_dir):
     return apply_lora(Sam3Model.from_pretrained(tiny_model_dir), LoraSettings(components="decoder", rank=4, alpha=8))
 
 
-def trained_adapter(studio, project_id: int, lora_model, name: str = "") -> int:
+def trained_adapter(studio, project_id: int, lora_model, name: str = "", base_model: str = "tiny") -> int:
     """A succeeded job with train/val loss rows and its adapter folder + row; returns the adapter id."""
     job = create_job(studio.engine, project_id, {"lora": {"rank": 4}}, [[1, 1]])
     claim_job(studio.engine, job.id, "w1")
@@ -52,7 +58,7 @@ def trained_adapter(studio, project_id: int, lora_model, name: str = "") -> int:
     save_adapter(lora_model, studio.media_dir / relative)
     (studio.media_dir / relative / "README.md").write_text(f"# SAM3 LoRA adapter of job {job.id}\n")
     adapter = record_adapter(studio.engine, project_id, job.id, name or f"job-{job.id}", relative,
-                             base_model="tiny", metrics={"steps": 2, "eval_before": {"segm_mAP": 0.1, "bbox_mAP": 0.2},
+                             base_model=base_model, metrics={"steps": 2, "eval_before": {"segm_mAP": 0.1, "bbox_mAP": 0.2},
                                                          "eval_after": {"segm_mAP": 0.3, "bbox_mAP": None},
                                                          "dataset": {"train": {"images": 8, "instances": 12}}})
     finish_job(studio.engine, job.id, "succeeded")
@@ -129,3 +135,87 @@ def test_delete_asks_first_then_removes_the_row_and_the_folder(studio, project_i
     assert done[7].value == BASE_CHOICE and [v for _, v in done[7].choices] == [BASE_CHOICE, str(keep)]
     again = handlers.delete_adapter_twice(studio, project_id, doomed, doomed, BASE_CHOICE)
     assert again[5].startswith(REFUSED) and "does not exist" in again[5]
+
+
+@pytest.fixture(scope="module")
+def tuned_lora_model(tiny_model_dir):
+    """A LoRA model whose B matrices are not zero, so merging it changes the weights."""
+    torch.manual_seed(4)
+    model = apply_lora(Sam3Model.from_pretrained(tiny_model_dir), LoraSettings(components="decoder", rank=4, alpha=8))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    return model.eval()
+
+
+def sam3_outputs(model) -> dict:
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 3, 112, 112)
+    ids = torch.tensor([[0, 70, 75, 80, 1] + [1] * 27])  # start, three bytes, end; padded to 32
+    with torch.no_grad():
+        out = model(pixel_values=pixels, input_ids=ids, attention_mask=torch.tensor([[1] * 5 + [0] * 27]))
+    return {name: out[name] for name in ("pred_logits", "pred_boxes", "pred_masks", "presence_logits")}
+
+
+def test_merge_into_sam3_offers_a_full_model_that_predicts_as_base_plus_adapter(studio, project_id, tuned_lora_model,
+                                                                                tiny_model_dir, tmp_path):
+    adapter_id = trained_adapter(studio, project_id, tuned_lora_model, name="cracks v1", base_model=str(tiny_model_dir))
+    download, message = handlers.merged_model_zip(studio, project_id, adapter_id)
+    assert download["interactive"] is True and "Merged **cracks v1**" in message
+    archive = download["value"]
+    assert archive.startswith(str(tmp_path / "tmp")) and archive.endswith("sam3-lora-cracks-v1-merged.zip")
+    with zipfile.ZipFile(archive) as opened:
+        names = {name.split("/", 1)[1] for name in opened.namelist()}
+        opened.extractall(tmp_path / "unzipped")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"} <= names
+    merged = Sam3Model.from_pretrained(tmp_path / "unzipped" / "sam3-lora-cracks-v1-merged").eval()
+    folder = adapter_folder(studio.media_dir, get_adapter(studio.engine, adapter_id))
+    with_adapter = PeftModel.from_pretrained(Sam3Model.from_pretrained(tiny_model_dir), folder).eval()
+    base = sam3_outputs(Sam3Model.from_pretrained(tiny_model_dir).eval())
+    for name, value in sam3_outputs(with_adapter).items():
+        assert torch.allclose(sam3_outputs(merged)[name], value, atol=1e-4), name
+        assert not torch.allclose(base[name], value, atol=1e-4) or name == "presence_logits"
+    assert handlers.merged_model_zip(studio, project_id, adapter_id)[0]["value"] == archive  # made once
+    refused = handlers.merged_model_zip(studio, project_id, None)
+    assert refused[0]["interactive"] is False and refused[1].startswith(REFUSED)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    stub, server = start_hub_stub()
+    stub.tokens = {"hf_good"}
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", stub.url)
+    yield stub
+    server.shutdown()
+
+
+def test_push_uploads_the_adapter_folder_with_the_users_token(studio, project_id, lora_model, hub):
+    adapter_id = trained_adapter(studio, project_id, lora_model, name="cracks v1")
+    folder = adapter_folder(studio.media_dir, get_adapter(studio.engine, adapter_id))
+    write_model_card(folder, ModelCardFacts(title="cracks v1", base_model="test-org/tiny-sam3", config={},
+                                            dataset_name="Shapes", status="complete: 2 steps"))
+    message = handlers.push_adapter(studio, project_id, adapter_id, " me/sam3-lora-cracks ", "hf_good", True)
+    assert message.startswith("Pushed **cracks v1** to `me/sam3-lora-cracks`") and "/commit/" in message
+    assert hub.created == [{"name": "sam3-lora-cracks", "organization": "me", "visibility": "private"}]
+    uploaded = hub.uploaded("me/sam3-lora-cracks")
+    assert uploaded == {path.name: path.read_bytes() for path in folder.iterdir()}
+    assert set(hub.authorizations) == {"Bearer hf_good"}
+    assert ModelCard(hub.validated[0]).data.base_model == "test-org/tiny-sam3"
+
+
+def test_push_refusals_name_the_reason(studio, project_id, lora_model, hub):
+    adapter_id = trained_adapter(studio, project_id, lora_model)  # its README has no metadata
+    no_card = handlers.push_adapter(studio, project_id, adapter_id, "me/x", "hf_good", True)
+    assert no_card.startswith(REFUSED) and "metadata" in no_card
+    folder = adapter_folder(studio.media_dir, get_adapter(studio.engine, adapter_id))
+    write_model_card(folder, ModelCardFacts(title="t", base_model=None, config={}, dataset_name="d", status="s"))
+    no_base = handlers.push_adapter(studio, project_id, adapter_id, "me/x", "hf_good", True)
+    assert no_base.startswith(REFUSED) and "base\\_model is None, not a Hub id" in no_base
+    write_model_card(folder, ModelCardFacts(title="t", base_model="test-org/tiny-sam3", config={}, dataset_name="d",
+                                            status="s"))
+    bad_name = handlers.push_adapter(studio, project_id, adapter_id, "../x", "hf_good", True)
+    assert bad_name.startswith(REFUSED) and "not a Hub id" in bad_name
+    bad_token = handlers.push_adapter(studio, project_id, adapter_id, "me/x", "hf_wrong", True)
+    assert bad_token.startswith(REFUSED) and "the Hub refused the upload" in bad_token and "401" in bad_token
+    assert hub.commits == []
