@@ -95,8 +95,8 @@ def card_metadata(facts: ModelCardFacts, library_name: str = "peft") -> ModelCar
 def _usage(facts: ModelCardFacts, library_name: str) -> list[str]:
     base = facts.base_model or "<the SAM3 folder it was trained on>"
     if library_name == "transformers":
-        return ["```python", "from transformers import Sam3Model", "", 'model = Sam3Model.from_pretrained("<this repo or folder>")',
-                "```"]
+        return ["```python", "from transformers import Sam3Model", "",
+                'model = Sam3Model.from_pretrained("<this repo or folder>")', "```"]
     return ["```python", "from peft import PeftModel", "from transformers import Sam3Model", "",
             f'model = PeftModel.from_pretrained(Sam3Model.from_pretrained("{base}"), "<this repo or folder>")', "```",
             "", "or `sam3-lora predict --image photo.png --prompt <concept> --adapter <this folder>`."]

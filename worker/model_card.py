@@ -1,9 +1,10 @@
 """What a job's model card says, read from the job's rows and the studio's settings; the card itself
 is written by sam3_lora.model_card (the one writer the command line uses too).
 
-Base model: the Hub id of the weights the job trained (sam3_lora.hub_ids.base_model_id): the
-config's model.base_model, else SAM3_BASE_MODEL when the job trained SAM3_MODEL (not the tiny
-fallback), else model.source when it is a Hub id; none for the tiny random SAM3.
+Base model: the Hub id of the weights the job trained (sam3_lora.hub_ids.base_model_id):
+SAM3_BASE_MODEL when the job trained SAM3_MODEL (not the tiny fallback), else model.source when
+it is a Hub id; none for the tiny random SAM3. (model.base_model is a worker key in the studio:
+the setting decides, app.jobs.recipe.WORKER_KEYS.)
 """
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from sam3_lora.train import TrainResult
 
 def job_base_model(settings: Settings, cfg: TrainConfig) -> str | None:
     """The Hub id a job's adapter names as its base (see the module docstring), or None."""
-    declared = cfg.model.base_model
-    if declared is None and cfg.model.source == settings.SAM3_MODEL:
-        declared = settings.SAM3_BASE_MODEL or None
-    return base_model_id(cfg.model.source, declared)
+    declared = settings.SAM3_BASE_MODEL if cfg.model.source == settings.SAM3_MODEL else ""
+    return base_model_id(cfg.model.source, declared or None)
 
 
 def job_card_facts(settings: Settings, job_id: int, project_name: str, cfg: TrainConfig, result: TrainResult,

@@ -6,7 +6,7 @@
     check   = job_train_config(config, placeholders): TrainConfig.from_dict exactly as the worker builds it
 
 Every TrainConfig key is either editable or set by the worker (WORKER_KEYS: data paths,
-output_dir, resume, model.source); an override of a worker key, an unknown key or a bad
+output_dir, resume, model.source, model.base_model); an override of a worker key, an unknown key or a bad
 value is a ConfigError whose message starts with the dotted key. The Train tab's form
 fields live in app/ui/train_form.py; worker/run_job.py builds its TrainConfig here.
 """
@@ -27,6 +27,7 @@ DEFAULT_PRESET = "Quick"
 
 WORKER_KEYS: dict[str, str] = {
     "model.source": "the SAM3 the studio runs (named in the banner)",
+    "model.base_model": "SAM3_BASE_MODEL: the hub id model cards name when SAM3_MODEL is a folder",
     "data.train_annotations": "the worker's COCO export of the project's labels",
     "data.train_images": "the worker's COCO export of the project's labels",
     "data.val_annotations": "the project's `val` images, when it has any",

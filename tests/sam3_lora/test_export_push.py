@@ -10,18 +10,17 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import AutoTokenizer, Sam3Model
 
 from sam3_lora.adapter_io import save_adapter
 from sam3_lora.cli import main
-from sam3_lora.lora import LoraSettings, apply_lora
 from sam3_lora.model_card import ModelCardFacts, write_model_card
 from sam3_lora.predict import load_predictor, predict
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.hub_stub import start_hub_stub
+from tests.tuned_lora import tuned_lora
 
 HUB_BASE = "test-org/tiny-sam3"  # the Hub id the tiny folder stands for in these tests
 
@@ -39,13 +38,7 @@ def base_folder(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(base_folder, tmp_path_factory):
     """A LoRA adapter with non-zero B (so it changes the model) and a model card naming HUB_BASE."""
-    torch.manual_seed(7)
-    model = apply_lora(Sam3Model.from_pretrained(base_folder), LoraSettings(components="decoder", rank=4, alpha=8))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    folder = save_adapter(model, tmp_path_factory.mktemp("adapter") / "adapter")
+    folder = save_adapter(tuned_lora(base_folder, seed=7), tmp_path_factory.mktemp("adapter") / "adapter")
     write_model_card(folder, ModelCardFacts(title="shapes", base_model=HUB_BASE, config={"lora": {"rank": 4}},
                                             dataset_name="shapes", status="complete: 4 steps",
                                             history=[{"type": "step", "step": 1, "loss": 1.0}]))

@@ -26,6 +26,7 @@ from sam3_lora.lora import LoraSettings, apply_lora
 from sam3_lora.model_card import ModelCardFacts, write_model_card
 from tests.hub_stub import start_hub_stub
 from tests.jobs.conftest import write_metric_rows
+from tests.tuned_lora import tuned_lora
 
 SHOWN = {name: index for index, name in enumerate(["rows", "choice", "details", "curve", "download", "message", "pending"])}
 
@@ -140,13 +141,7 @@ def test_delete_asks_first_then_removes_the_row_and_the_folder(studio, project_i
 @pytest.fixture(scope="module")
 def tuned_lora_model(tiny_model_dir):
     """A LoRA model whose B matrices are not zero, so merging it changes the weights."""
-    torch.manual_seed(4)
-    model = apply_lora(Sam3Model.from_pretrained(tiny_model_dir), LoraSettings(components="decoder", rank=4, alpha=8))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    return model.eval()
+    return tuned_lora(tiny_model_dir, seed=4)
 
 
 def sam3_outputs(model) -> dict:

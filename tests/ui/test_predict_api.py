@@ -5,25 +5,22 @@ response shapes, task images fetched from a stand-in Label Studio only."""
 from __future__ import annotations
 
 import base64
-import io
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
-from transformers import Sam3Model
 
 from app.jobs.lifecycle import claim_job, create_job, finish_job, record_adapter
 from app.settings import Settings
 from app.store.projects import create_project
 from app.studio import open_studio
 from sam3_lora.adapter_io import save_adapter
-from sam3_lora.lora import LoraSettings, apply_lora
 from sam3_lora.predict import load_predictor, predict_many
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.label_studio_support import brush_mask, start_label_studio_stub
+from tests.tuned_lora import tuned_lora
 from tests.ui.studio_process import start_studio, stop
 
 USER, PASSWORD = "alice", "s3cret"
@@ -41,13 +38,7 @@ def served(tmp_path_factory, tiny_model_dir):
     project = create_project(studio.engine, "Shapes")
     job = create_job(studio.engine, project.id, {"lora": {"rank": 4}}, [[1, 1]])
     claim_job(studio.engine, job.id, "w1")
-    torch.manual_seed(3)
-    lora = apply_lora(Sam3Model.from_pretrained(tiny_model_dir), LoraSettings(components="decoder", rank=4, alpha=8))
-    with torch.no_grad():  # B starts at zero (adapter = base); give it weights so the adapter changes the output
-        for name, parameter in lora.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    folder = save_adapter(lora, studio.media_dir / f"adapters/job-{job.id}")
+    folder = save_adapter(tuned_lora(tiny_model_dir, seed=3), studio.media_dir / f"adapters/job-{job.id}")
     adapter = record_adapter(studio.engine, project.id, job.id, f"job-{job.id}", f"adapters/job-{job.id}",
                              base_model=str(tiny_model_dir), metrics={})
     finish_job(studio.engine, job.id, "succeeded")
