@@ -108,8 +108,11 @@ def adapter_key_mismatch(peft_model: PeftModel, weights_file: str | Path) -> tup
     """(missing, unexpected): sorted keys in the model's adapter state dict but not in the file, and vice versa.
 
     The model side is `get_peft_model_state_dict`, i.e. exactly the keys `save_pretrained` writes.
+    save_embedding_layers=False: our LoRA targets linear layers only and never resizes the vocabulary,
+    so no embedding is saved either way, and "auto" would ask the Hub for the config of the base
+    named in adapter_config.json (a network call, with retries when offline) on every load.
     """
-    expected = set(get_peft_model_state_dict(peft_model))
+    expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
     with safe_open(str(weights_file), framework="pt") as handle:
         present = set(handle.keys())
     return sorted(expected - present), sorted(present - expected)
