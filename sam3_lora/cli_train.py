@@ -9,7 +9,8 @@
     adapter/                   + the model card (README.md with Hub metadata, loss_curve.png)
 
 Under `gpus > 1` this process picks the folder, then re-runs itself under torchrun with that
-exact folder (`--exact-output-dir`), so all ranks agree on it.
+exact folder (`--exact-output-dir`), so all ranks agree on it. Started by torchrun directly,
+every rank picks it alike, before any file of the run exists.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def choose_run_folder(cfg: TrainConfig, resume: str | None, exact: bool = False)
         values["resume"] = resume
     elif cfg.resume is None and not exact:
         folder = next_run_folder(cfg.output_dir)
-        if folder != Path(cfg.output_dir):
+        if folder != Path(cfg.output_dir) and int(os.environ.get("RANK", "0")) == 0:
             log.info("%s holds an earlier run; this run writes to %s (--resume continues %s instead)",
                      cfg.output_dir, folder, cfg.output_dir)
         values["output_dir"] = str(folder)
@@ -138,7 +139,8 @@ def run_train(args: argparse.Namespace) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
     if cfg.gpus > 1 and "WORLD_SIZE" not in os.environ:
         return _torchrun(choose_run_folder(cfg, args.resume, args.exact_output_dir))
-    cfg = choose_run_folder(cfg, args.resume, args.exact_output_dir or not main_process)
+    # Every rank decides alike: nothing of this run is written before train()'s first collective.
+    cfg = choose_run_folder(cfg, args.resume, args.exact_output_dir)
     from sam3_lora.train import train  # torch, transformers, peft: only once the config is known good
     from transformers.utils import logging as transformers_logging
 

@@ -103,7 +103,8 @@ def test_two_gloo_processes_train_one_adapter_written_by_rank_0(tiny_model_dir, 
 
     assert done.stdout.count("adapter: ") == 1  # rank 0 reports; rank 1 stays quiet
     assert "segm mAP" in done.stdout
-    assert sorted(path.name for path in output_dir.iterdir()) == ["adapter", "checkpoints"]
+    assert sorted(path.name for path in output_dir.iterdir()) == ["adapter", "args.yaml", "checkpoints", "results.csv",
+                                                                  "results.png"]
     assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == [
         "checkpoint-step000000002.pt", "checkpoint-step000000004.pt"]
     model = PeftModel.from_pretrained(Sam3Model.from_pretrained(tiny_model_dir), output_dir / "adapter")
