@@ -1,6 +1,8 @@
 """With STUDIO_USERS set, every route the running app has (read from the app itself, so
 routes a new gradio adds are probed too) refuses a request without a session, except
-the few the login page needs, which carry none of the studio's data."""
+the few the login page needs, which carry none of the studio's data; and every answer
+forbids framing. Signed-in users share one team workspace (README, "Access"), so one
+user's session is enough to show the routes open up."""
 from __future__ import annotations
 
 import re
@@ -56,6 +58,9 @@ def probe(client: httpx.Client, method: str, path: str) -> tuple[int, bytes]:
     url = re.sub(r"\{[^}]+\}", "probe", path)
     body = {"json": EVENT_BODY} if method == "POST" else {}
     with client.stream(method, url, **body) as response:  # streams (heartbeat, SSE) are read only in part
+        # app/http_guard.py: no answer of any route may be framed by another site
+        assert response.headers.get("x-frame-options") == "DENY", (method, path)
+        assert response.headers.get("content-security-policy") == "frame-ancestors 'none'", (method, path)
         content = b""
         for chunk in response.iter_bytes():
             content += chunk
