@@ -47,6 +47,10 @@ def exit_text(code: int) -> str:
     return f"exit code {code}"
 
 
+def _exits(count: int) -> str:
+    return f"{count} exit" if count == 1 else f"{count} exits"
+
+
 @dataclass(frozen=True)
 class WorkerState:
     """phase: starting | running | restarting | given_up | stopped."""
@@ -103,9 +107,9 @@ class WorkerSupervisor:
             return "Worker: starting…"
         if state.phase == "restarting":
             return (f"⚠️ Worker: {exit_text(state.last_exit)}; restarting in {state.restart_in_s:.0f} s "
-                    f"({state.exits_in_a_row} exits in a row). Its job resumes from its last checkpoint.{log}")
+                    f"({_exits(state.exits_in_a_row)} in a row). Its job resumes from its last checkpoint.{log}")
         if state.phase == "given_up":
-            return (f"⛔ Worker: gave up after {state.exits_in_a_row} exits in a row (last: {exit_text(state.last_exit)}); "
+            return (f"⛔ Worker: gave up after {_exits(state.exits_in_a_row)} in a row (last: {exit_text(state.last_exit)}); "
                     f"training jobs wait in the queue. Fix the cause and restart sam3-studio.{log}")
         return "Worker: stopped."
 
