@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Awaitable, Callable, Collection
+from typing import Awaitable, Callable
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -42,6 +42,11 @@ COOKIE_FLAGS = ("httponly", "samesite", "secure")
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
+
+
+def printable(name: str, limit: int = 64) -> str:
+    """A client-chosen name fit for a key and a log line: at most `limit` characters, no control characters."""
+    return "".join(char if char.isprintable() else "?" for char in name[:limit])
 
 
 def cookie_with_flags(set_cookie: str, https: bool) -> str:
@@ -95,8 +100,8 @@ async def _json_response(send: Send, status: int, detail: str, headers: list | N
 class StudioHttpGuard:
     """ASGI middleware applying the module docstring's rules; `throttle` None: no login to guard."""
 
-    def __init__(self, app, throttle: LoginThrottle | None, users: Collection[str], secure_cookies: bool):
-        self.app, self.throttle, self.users, self.secure_cookies = app, throttle, set(users), secure_cookies
+    def __init__(self, app, throttle: LoginThrottle | None, secure_cookies: bool):
+        self.app, self.throttle, self.secure_cookies = app, throttle, secure_cookies
         self._refusals, self._refusals_logged_at = 0, 0.0
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -122,7 +127,8 @@ class StudioHttpGuard:
             return
         username = await self._username(scope, body)
         address = scope["client"][0] if scope.get("client") else "unknown"
-        keys = [f"address {address}"] + ([f"user {username}"] if username in self.users else [])
+        # Every name counts, existing or not: a back-off only for real users would tell which exist.
+        keys = [f"address {address}"] + ([f"user {printable(username)}"] if username else [])
         wait_s = self.throttle.retry_after_s(keys)
         if wait_s > 0:
             self._log_refusal(username, address, wait_s)
@@ -172,7 +178,6 @@ class StudioHttpGuard:
 
 def studio_http_guard(settings: Settings) -> Middleware:
     """The middleware for gradio's app (launch(app_kwargs={"middleware": [...]}))."""
-    users = settings.users
     throttle = LoginThrottle(settings.LOGIN_FREE_FAILURES, settings.LOGIN_BACKOFF_S,
-                             settings.LOGIN_BACKOFF_MAX_S) if users else None
-    return Middleware(StudioHttpGuard, throttle=throttle, users=users.keys(), secure_cookies=settings.SECURE_COOKIES)
+                             settings.LOGIN_BACKOFF_MAX_S) if settings.users else None
+    return Middleware(StudioHttpGuard, throttle=throttle, secure_cookies=settings.SECURE_COOKIES)

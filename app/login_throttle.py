@@ -7,10 +7,10 @@ the `free_failures`-th one on, the key is refused for
 
 seconds after its last failure; a refused attempt is not a password check, so it
 neither counts nor extends the back-off. A successful login clears the keys it used; a
-key with no failure for max_backoff_s past its back-off starts again from zero. Only
-user names that exist are counted (the addresses cover the rest), and at MAX_ADDRESSES
-keys the idle ones are dropped, so a flood of made-up names or addresses cannot grow the
-table without bound.
+key with no failure for max_backoff_s past its back-off starts again from zero. Names
+that exist and names that do not are counted alike (a difference would tell which
+exist); at MAX_KEYS keys the idle ones are dropped, then the oldest half, so a flood of
+made-up names or addresses cannot grow the table without bound.
 
 The table lives in the studio's memory: a restart clears it, and several studio processes
 behind one proxy would each keep their own.
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-MAX_ADDRESSES = 10_000
+MAX_KEYS = 10_000
 
 
 @dataclass
@@ -80,12 +80,12 @@ class LoginThrottle:
         return now - max(entry.last_failure, entry.refused_until) > self.max_backoff_s
 
     def _forget_old(self, now: float) -> None:
-        """At MAX_ADDRESSES keys, drop the idle ones (module docstring), then if need be the oldest half."""
-        if len(self._keys) < MAX_ADDRESSES:
+        """At MAX_KEYS keys, drop the idle ones (module docstring), then if need be the oldest half."""
+        if len(self._keys) < MAX_KEYS:
             return
         for key in [key for key, entry in self._keys.items() if self._is_idle(entry, now)]:
             del self._keys[key]
-        if len(self._keys) >= MAX_ADDRESSES:
+        if len(self._keys) >= MAX_KEYS:
             by_age = sorted(self._keys, key=lambda key: self._keys[key].last_failure)
             for key in by_age[:len(by_age) // 2]:
                 del self._keys[key]

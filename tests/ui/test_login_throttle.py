@@ -10,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from app.http_guard import cookie_with_flags
+from app import login_throttle
+from app.http_guard import cookie_with_flags, printable
 from app.login_throttle import LoginThrottle, retry_after_header
 from tests.ui.studio_process import start_studio, stop
 
@@ -48,11 +49,27 @@ def test_a_quiet_key_starts_again_from_zero():
     assert throttle.failed(["user bob"]) == 0 and throttle.failures("user bob") == 1
 
 
+def test_a_flood_of_keys_is_pruned_idle_first(monkeypatch):
+    monkeypatch.setattr(login_throttle, "MAX_KEYS", 4)
+    clock = Clock()
+    throttle = LoginThrottle(free_failures=1, backoff_s=10, max_backoff_s=10, clock=clock)
+    throttle.failed(["address old"])
+    clock.now += 30  # idle: past its back-off by more than max_backoff_s
+    for i in range(3):
+        throttle.failed([f"address new-{i}"])
+    throttle.failed(["address newest"])  # the table is full: the idle key goes first
+    assert throttle.failures("address old") == 0 and throttle.retry_after_s(["address new-0"]) > 0
+    for i in range(3, 9):
+        throttle.failed([f"address new-{i}"])
+    assert len(throttle._keys) <= 4 and throttle.retry_after_s(["address new-8"]) > 0  # then the oldest half
+
+
 def test_cookie_flags_are_the_studio_s():
     gradio_cookie = "access-token-x=abc; HttpOnly; Path=/; SameSite=none; Secure"
     assert cookie_with_flags(gradio_cookie, https=False) == "access-token-x=abc; Path=/; HttpOnly; SameSite=Lax"
     assert cookie_with_flags("a=1; Path=/", https=True) == "a=1; Path=/; HttpOnly; SameSite=Lax; Secure"
     assert retry_after_header(0.2) == "1" and retry_after_header(2.01) == "3"
+    assert printable("eve\nFAKE LOG LINE" + "x" * 100) == "eve?FAKE LOG LINE" + "x" * 47
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +122,8 @@ def test_one_user_is_guarded_across_addresses(guarded_studio):
         assert [login(client, "carol", "guess", f"10.0.1.{i}").status_code for i in range(3)] == [400, 400, 400]
         assert login(client, "carol", "c4rol", "10.0.1.9").status_code == 429
         assert login(client, "dave", "d4ve", "10.0.1.9").status_code == 200
+        # A name no one has backs off the same way: the answers do not tell which names exist.
+        assert [login(client, "mallory", "guess", f"10.0.2.{i}").status_code for i in range(4)] == [400, 400, 400, 429]
 
 
 def test_frames_are_refused_and_the_cookies_agree(guarded_studio):
