@@ -32,8 +32,11 @@ def studio_banner(studio: Studio) -> str:
 
 
 def refresh_banner(studio: Studio) -> tuple[str, gr.Timer]:
-    """(banner, timer update): the timer stops once the model has loaded, unless there is a worker to watch."""
-    return studio_banner(studio), gr.Timer(active=studio.models.loaded_status() is None or bool(studio.worker_status()))
+    """(banner, timer update): every 2 s while the model loads; then every 10 s while there is
+    a worker to watch, else the timer stops."""
+    loading = studio.models.loaded_status() is None
+    return studio_banner(studio), gr.Timer(value=2.0 if loading else 10.0,
+                                           active=loading or bool(studio.worker_status()))
 
 
 def build_app(studio: Studio) -> gr.Blocks:

@@ -21,6 +21,6 @@ def test_the_banner_shows_the_worker_state_and_keeps_polling_for_it(tmp_path, ti
         assert studio_banner(with_worker) == f"Model: SAM3 from `{tiny_model_dir}`  \nWorker: running."
         state[0] = "⚠️ Worker: killed by SIGKILL; restarting in 2 s (1 exit in a row)."
         text, timer = refresh_banner(with_worker)
-        assert text.endswith(state[0]) and timer.active  # a worker can die at any time: keep watching
+        assert text.endswith(state[0]) and timer.active and timer.value == 10.0  # a worker can die at any time
     finally:
         studio.engine.dispose()
