@@ -3,10 +3,12 @@ Celery worker it supervises, the training child, the embedded broker and the tin
 
 - kill -9 of the worker mid-run: the studio reaps it (no zombie), starts another, and the
   job resumes from its checkpoint within JOB_STALE_AFTER_S + 30 s; one adapter lands.
-- kill -9 of the studio: neither its worker nor the training child outlives it, and the
-  job is back in the queue for the next studio.
-- three graceful stops (SIGTERM) of the studio during one job: each puts the job back
-  without spending an attempt, and the fourth run finishes it.
+- SIGTERM to the studio: it stops cleanly (exit 0), its worker puts the job back in
+  the queue without spending an attempt, and the next studio resumes it; kill -9 of that
+  studio: neither its worker nor the training child outlives it, and the job is back
+  in the queue too.
+- three graceful stops of the studio's services during one job (what SIGTERM or Ctrl-C
+  does): each puts the job back without spending an attempt, and the fourth run finishes it.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ import time
 
 import pytest
 
-from app.jobs.lifecycle import FINAL_STATES
+from app.jobs.embedded_worker import start_background_services
+from app.jobs.lifecycle import FINAL_STATES, submit_job
 from app.jobs.metrics import read_metrics
+from app.settings import Settings
 from tests.jobs.process_tree import alive, child_pids, descendant_pids, exists
 from tests.jobs.studio_run import StudioRun
-from tests.jobs.test_train_task import adapters_of, job_row
-from tests.waiting import job_rows, work_deadline_s
+from tests.jobs.test_train_task import (REPO_ROOT, adapters_of, job_config, job_deadline_s, job_row, new_project,
+                                        sender)
+from tests.waiting import job_rows, log_tails, wait_until, work_deadline_s
 
 STALE_AFTER_S = 30  # the bound of the resume after a kill -9 is this + 30 s
 ORPHAN_SHUTDOWN_S = 30  # worker/tasks.py: an orphaned worker kills itself after this at the latest
@@ -58,37 +63,62 @@ def test_a_killed_embedded_worker_is_restarted_and_its_job_resumes_from_its_chec
     assert "exited on its own: killed by SIGKILL" in studio_log
 
 
-def test_kill_9_of_the_studio_leaves_no_worker_and_no_training_running(run):
+def test_sigterm_stops_the_studio_cleanly_and_kill_9_leaves_nothing_running(run):
     job = run.submit(max_steps=400, checkpoint_every=0)
-    run.wait(lambda: job_row(run.engine, job.id).step >= 1, "the job trains")
-    worker = run.worker_pid()
-    family = [worker, *descendant_pids(worker)]
-    assert len(family) >= 2, "a worker and its training child"
-    os.kill(run.studio.pid, signal.SIGKILL)
-    run.studio.wait(timeout=10)
-    run.wait(lambda: not any(alive(pid) for pid in family), "no worker or training process outlived the studio",
-             ORPHAN_SHUTDOWN_S + work_deadline_s(5))
-    # The worker's warm shutdown put the job back: the next studio resumes it at once.
-    row = job_row(run.engine, job.id)
-    assert (row.state, row.enqueued_at, row.attempt, row.max_attempts) == ("queued", None, 1, 4)
-
-
-def test_three_graceful_restarts_during_one_job_still_finish_it(run):
-    job = run.submit(max_steps=40, checkpoint_every=2)
-    for restart in range(3):
-        attempt = restart + 1
-        resumed_at = job_row(run.engine, job.id).step
+    for attempt, stop_signal in ((1, signal.SIGTERM), (2, signal.SIGKILL)):
         run.wait(lambda: (row := job_row(run.engine, job.id)).attempt == attempt and row.state == "running"
-                 and row.step >= resumed_at + 3, f"attempt {attempt} trains")
-        family = [run.worker_pid(), *descendant_pids(run.worker_pid())]
-        run.studio.send_signal(signal.SIGTERM)
-        assert run.studio.wait(timeout=60) == 0  # a clean stop: the services were stopped
-        assert not any(alive(pid) for pid in family)
+                 and row.step >= 1, f"attempt {attempt} trains")
+        worker = run.worker_pid()
+        family = [worker, *descendant_pids(worker)]
+        assert len(family) >= 2, "a worker and its training child"
+        run.studio.send_signal(stop_signal)
+        code = run.studio.wait(timeout=60)
+        assert code == (0 if stop_signal == signal.SIGTERM else -signal.SIGKILL)  # SIGTERM: the services were stopped
+        run.wait(lambda: not any(alive(pid) for pid in family), "no worker or training process outlived the studio",
+                 ORPHAN_SHUTDOWN_S + work_deadline_s(5))
+        # Either way the worker's warm shutdown put the job back, spending no attempt: the next studio resumes it.
         row = job_row(run.engine, job.id)
-        assert (row.state, row.attempt, row.max_attempts) == ("queued", attempt, 3 + attempt), job_rows(run.engine, [job.id])
-        run.studio = run.start()
-    done = run.wait(lambda: (row := job_row(run.engine, job.id)).state in FINAL_STATES and row, "the job finished")
-    assert (done.state, done.attempt, done.max_attempts, done.step) == ("succeeded", 4, 6, 40), done.error
-    assert len(adapters_of(run.engine, job.id)) == 1
-    train_steps = [r.step for r in read_metrics(run.engine, job.id) if r.name == "loss" and r.split == "train"]
-    assert sorted(train_steps) == list(range(1, 41))  # each step once: rows after a checkpoint are rewritten
+        assert (row.state, row.enqueued_at, row.attempt, row.max_attempts) == ("queued", None, attempt, 3 + attempt)
+        if attempt == 1:
+            run.studio = run.start()
+
+
+def test_three_graceful_restarts_during_one_job_still_finish_it(tmp_path, tiny_model_dir, monkeypatch):
+    """The studio's background services (its supervised worker and sweep) stopped as SIGTERM or
+    Ctrl-C stops them (app/main.py), three times during one job, then started once more."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    settings, engine, project_id, snapshot = new_project(tmp_path / "data", tmp_path / "synthetic")
+    settings = Settings(DATA_DIR=settings.DATA_DIR, REDIS_URL="", SAM3_MODEL=str(tiny_model_dir))
+    job = submit_job(engine, project_id, job_config(tiny_model_dir, max_steps=40, checkpoint_every=2), snapshot,
+                     sender(settings, ""))
+
+    def evidence() -> str:
+        logs = [settings.DATA_DIR / "logs" / "worker.log", *sorted(settings.DATA_DIR.glob("jobs/*/*.log"))]
+        return f"{job_rows(engine, [job.id])}\n{log_tails(logs)}"
+
+    try:
+        for restart in range(3):
+            attempt, resumed_at = restart + 1, job_row(engine, job.id).step
+            services = start_background_services(settings, engine, with_worker=True)
+            try:
+                wait_until(lambda: (row := job_row(engine, job.id)).attempt == attempt and row.state == "running"
+                           and row.step >= resumed_at + 3, f"attempt {attempt} trains", job_deadline_s(10), evidence)
+                worker = services.worker.process
+                family = [worker.pid, *descendant_pids(worker.pid)]
+            finally:
+                services.stop()
+            assert not any(alive(pid) for pid in family)
+            row = job_row(engine, job.id)
+            assert (row.state, row.attempt, row.max_attempts) == ("queued", attempt, 3 + attempt), evidence()
+        services = start_background_services(settings, engine, with_worker=True)
+        try:
+            done = wait_until(lambda: (row := job_row(engine, job.id)).state in FINAL_STATES and row,
+                              "the job finished", job_deadline_s(40), evidence)
+        finally:
+            services.stop()
+        assert (done.state, done.attempt, done.max_attempts, done.step) == ("succeeded", 4, 6, 40), done.error
+        assert len(adapters_of(engine, job.id)) == 1
+        train_steps = [r.step for r in read_metrics(engine, job.id) if r.name == "loss" and r.split == "train"]
+        assert sorted(train_steps) == list(range(1, 41))  # each step once: rows after a checkpoint are rewritten
+    finally:
+        engine.dispose()
