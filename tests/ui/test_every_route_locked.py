@@ -1,8 +1,6 @@
 """With STUDIO_USERS set, every route the running app has (read from the app itself, so
 routes a new gradio adds are probed too) refuses a request without a session, except
-the few the login page needs, which carry none of the studio's data; and every answer
-forbids framing. Signed-in users share one team workspace (README, "Access"), so one
-user's session is enough to show the routes open up."""
+the few the login page needs, which carry none of the studio's data."""
 from __future__ import annotations
 
 import re
@@ -58,7 +56,8 @@ def probe(client: httpx.Client, method: str, path: str) -> tuple[int, bytes]:
     url = re.sub(r"\{[^}]+\}", "probe", path)
     body = {"json": EVENT_BODY} if method == "POST" else {}
     with client.stream(method, url, **body) as response:  # streams (heartbeat, SSE) are read only in part
-        # app/http_guard.py: no answer of any route may be framed by another site
+        # app/http_guard.py: no answer of any route may be framed by another site. (Signed-in users
+        # share one team workspace, README "Access": one user's session shows the routes open up.)
         assert response.headers.get("x-frame-options") == "DENY", (method, path)
         assert response.headers.get("content-security-policy") == "frame-ancestors 'none'", (method, path)
         content = b""
