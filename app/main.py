@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from app.http_guard import studio_http_guard
 from app.jobs.embedded_worker import start_background_services
 from app.settings import Settings, SettingsError, load_settings
 from app.studio import open_studio
@@ -26,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sam3-studio",
         description="Serve SAM3 LoRA Studio: label images with SAM3 proposals and fine-tune LoRA adapters.",
         epilog="Everything else (DATA_DIR, DATABASE_URL, REDIS_URL, SAM3_MODEL, STUDIO_USERS, MAX_UPLOAD_MB, "
-        "JOB_STALE_AFTER_S) "
-        "is read from environment variables; see the README.",
+        "JOB_STALE_AFTER_S, LOGIN_*, SECURE_COOKIES) is read from environment variables; see the README. "
+        "SIGTERM stops the studio as Ctrl-C does: its worker puts a running job back in the queue.",
     )
     parser.add_argument("--host", help="address to bind to (default: $HOST, else 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: $PORT, else 7860)")
@@ -77,8 +80,18 @@ def launch_options(settings: Settings, host: str, port: int) -> dict[str, Any]:
         "footer_links": ["api", "settings"],
         "theme": studio_theme(),
         "css": STUDIO_CSS,
-        "app_kwargs": {"openapi_url": None, "docs_url": None, "redoc_url": None},
+        "app_kwargs": {"openapi_url": None, "docs_url": None, "redoc_url": None,
+                       "middleware": [studio_http_guard(settings)]},  # login throttle, frame and cookie rules
     }
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, a plain `kill`) stops the studio as Ctrl-C does: gradio's
+    launch returns and `main` stops the background services, so the worker puts its job back
+    in the queue instead of being orphaned."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -98,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     studio = open_studio(settings)
     with_worker = settings.embedded_broker if args.with_worker is None else args.with_worker
+    stop_on_sigterm()
     services = start_background_services(settings, studio.engine, with_worker=with_worker)
+    studio = replace(studio, worker_status=services.worker_status)
     studio.models.warm_up_in_background()  # the banner says which SAM3 runs once it has loaded
 
     from app.predict_api import with_predict_routes

@@ -50,8 +50,21 @@ class Settings(BaseSettings):
                                            "besides worker.tasks (tests add theirs).")
     RANK: int = Field(0, ge=0, description="Set by torchrun in each process of a multi-GPU job; rank 0 exports "
                       "the data and writes the rows and files.")
+    WORKER_PARENT_PID: int = Field(0, ge=0, description="Set by sam3-studio on the worker it starts: the worker "
+                                   "shuts down once that process is gone. 0: not watched.")
+    # Login throttle (app/login_throttle.py): after LOGIN_FREE_FAILURES failed logins in a row
+    # for one user or from one address, logins for it are refused (429) for LOGIN_BACKOFF_S,
+    # doubling with each further failure up to LOGIN_BACKOFF_MAX_S.
+    LOGIN_FREE_FAILURES: int = Field(5, ge=1, le=1000, description="Failed logins in a row (per user, per "
+                                     "address) before logins are refused for a while.")
+    LOGIN_BACKOFF_S: float = Field(30, gt=0, description="First refusal period after too many failed logins, "
+                                   "in seconds; doubles with every further failure.")
+    LOGIN_BACKOFF_MAX_S: float = Field(15 * 60, gt=0, description="Longest refusal period, in seconds.")
+    SECURE_COOKIES: bool = Field(False, description="Mark the login cookies Secure on every response; without "
+                                 "it they are Secure exactly when the request came over HTTPS.")
 
-    @field_validator("JOB_STALE_AFTER_S", "CELERY_VISIBILITY_TIMEOUT_S", mode="before")
+    @field_validator("JOB_STALE_AFTER_S", "CELERY_VISIBILITY_TIMEOUT_S", "LOGIN_BACKOFF_S", "LOGIN_BACKOFF_MAX_S",
+                     mode="before")
     @classmethod
     def _empty_seconds_is_default(cls, value, info: ValidationInfo):
         """`JOB_STALE_AFTER_S=` (set but empty) means the default, as for the string settings."""

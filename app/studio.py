@@ -1,4 +1,5 @@
-"""The running studio's handles: settings, database engine, media folder, proposal models.
+"""The running studio's handles: settings, database engine, media folder, proposal models,
+and the embedded worker's state.
 
 Built once at start (`open_studio`), passed to the UI handlers and the worker.
 `models` loads nothing until first used (app.model_service).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import Engine
 
@@ -20,6 +22,8 @@ class Studio:
     settings: Settings
     engine: Engine
     models: ProposalModels = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    # The embedded worker's state in words for the banner (BackgroundServices.worker_status); "" for none.
+    worker_status: Callable[[], str] = field(default=lambda: "")
 
     def __post_init__(self) -> None:
         if self.models is None:

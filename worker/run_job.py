@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -32,6 +33,7 @@ from sqlmodel import select
 
 from app.jobs.lifecycle import beat, finish_job, get_job, record_adapter, set_checkpoint
 from app.jobs.metrics import MetricWriter, delete_metrics_after
+from app.jobs.parent_death import watch_parent
 from app.jobs.recipe import job_train_config
 from app.settings import Settings, load_settings
 from app.store.coco_export import export_coco
@@ -219,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m worker.run_job <job_id>", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Never outlive the process that started this one (the worker, or torchrun for a rank of a
+    # multi-GPU job, whose ranks get no parent-death signal): a lost run is the sweeps' to resume.
+    watch_parent(os.getppid())
     try:
         state = run_job(load_settings(), int(argv[0]))
     except Exception:

@@ -5,10 +5,17 @@ is), then run it in a child process, `python -m worker.run_job <id>` (under
 `torch.distributed.run` when the job asks for several GPUs), and wait. The child's
 exit gives back all its GPU memory: under `--pool=solo` the task runs inside the
 worker itself and `worker_max_tasks_per_child` never recycles it. The child gets
-SIGKILL when the worker dies (Linux PR_SET_PDEATHSIG), so a `kill -9` of the worker
-leaves no orphan training on the GPU; the stale-heartbeat sweep then resumes the job.
-A child stopped with its worker (SIGTERM: `sam3-studio` or the worker shutting down) is
-not a failure: its job goes back to queued and resumes from its checkpoint when sent again.
+SIGKILL when the worker dies (Linux PR_SET_PDEATHSIG; the task runs in the worker's
+main thread, which forks the child and lives as long as the worker), so a `kill -9` of
+the worker leaves no orphan training on the GPU; the sweeps then resume the job.
+
+A worker that shuts down (SIGTERM/SIGINT: `sam3-studio` stopping or dying, `docker
+stop`) passes SIGTERM on to its training child at once: Celery's warm shutdown would
+otherwise wait for the whole run. A child stopped so is not a failure: its job goes back
+to queued (release_job, no attempt spent) and resumes from its checkpoint when sent again.
+A worker started by the studio (settings.WORKER_PARENT_PID) also watches that process
+and shuts down once it is gone, then kills itself if that takes longer than
+ORPHAN_SHUTDOWN_S, in case the parent-death signal never came.
 
 On worker start (`worker_ready`) the sweeps run once, so a job orphaned by a killed
 worker is re-queued and picked up by the new one. settings.JOB_STALE_AFTER_S sets how old
@@ -18,20 +25,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
-import threading
 import sys
+import threading
+import time
 from collections import deque
 from functools import partial
 from pathlib import Path
 
 from celery import current_task, shared_task
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
-from app.jobs.embedded_worker import kill_with_parent
 from app.jobs.lifecycle import claim_job, finish_job, get_job, release_job
-from app.jobs.queue import TRAIN_TASK, send_train
+from app.jobs.parent_death import kill_self, parent_death_signal, watch_parent
+from app.jobs.queue import TRAIN_TASK, queued_messages, send_train
 from app.jobs.sweep import run_sweeps
 from app.settings import Settings, load_settings
 from app.store.db import make_engine
@@ -39,7 +48,9 @@ from app.store.db import make_engine
 logger = logging.getLogger(__name__)
 
 ERROR_TAIL_LINES = 20
+ORPHAN_SHUTDOWN_S = 30.0  # a worker whose studio is gone kills itself if its warm shutdown takes longer
 _shutting_down = threading.Event()  # set by worker_shutting_down (SIGTERM / SIGINT to the worker)
+_running_child: list[subprocess.Popen] = []  # the training child of the task in progress (solo pool: at most one)
 
 
 def job_command(job_id: int, gpus: int) -> list[str]:
@@ -73,8 +84,14 @@ def run_child(settings: Settings, job_id: int, attempt: int, gpus: int) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(job_command(job_id, gpus), stdin=subprocess.DEVNULL, stdout=log_file,
-                                 stderr=subprocess.STDOUT, preexec_fn=kill_with_parent)
-    code = child.wait()
+                                 stderr=subprocess.STDOUT, preexec_fn=parent_death_signal(signal.SIGKILL))
+    _running_child.append(child)
+    try:
+        if _shutting_down.is_set():  # the shutdown came while the child was starting
+            child.terminate()
+        code = child.wait()
+    finally:
+        _running_child.remove(child)
     if code != 0:
         engine = make_engine(settings.database_url)
         try:
@@ -92,8 +109,27 @@ def run_child(settings: Settings, job_id: int, attempt: int, gpus: int) -> int:
 
 @worker_shutting_down.connect
 def _note_shutdown(**_) -> None:
-    """The worker got SIGTERM/SIGINT: a child that dies now was stopped with it (torchrun exits 1, not -15)."""
+    """The worker got SIGTERM/SIGINT: stop the training child now (a warm shutdown would wait
+    for the whole run); a child that dies now was stopped with it (torchrun exits 1, not -15)."""
     _shutting_down.set()
+    for child in list(_running_child):
+        child.terminate()  # a no-op once the child was reaped
+
+
+def _shut_down_orphan() -> None:
+    """The studio that started this worker is gone: warm shutdown, and SIGKILL if it hangs."""
+    logger.warning("the process that started this worker is gone: shutting down")
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_SHUTDOWN_S)
+    kill_self()
+
+
+@worker_init.connect
+def watch_the_studio(**_) -> None:
+    """A worker started by sam3-studio (WORKER_PARENT_PID) stops once the studio is gone."""
+    parent_pid = load_settings().WORKER_PARENT_PID
+    if parent_pid:
+        watch_parent(parent_pid, on_gone=_shut_down_orphan)
 
 
 @shared_task(name=TRAIN_TASK, acks_late=True)
@@ -117,7 +153,7 @@ def sweep_on_start(sender=None, **_) -> None:
     settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
-        run_sweeps(engine, partial(send_train, app), settings.JOB_STALE_AFTER_S)
+        run_sweeps(engine, partial(send_train, app), settings.JOB_STALE_AFTER_S, partial(queued_messages, app))
     except Exception:  # a sweep failure must not stop the worker; the studio's sweep retries
         logger.exception("start sweep failed")
     finally:

@@ -2,14 +2,16 @@
 (architecture.md, "Job states").
 
     queued -> running -> succeeded | failed | cancelled
-    running -> queued   only by the stale-heartbeat sweep (sweep.py) or a shutdown (release_job)
+    running -> queued   only by the sweeps of lost workers (sweep.py) or a shutdown (release_job)
 
 Every transition is ONE guarded `UPDATE job SET ... WHERE id = ? AND state = ?`
 whose rowcount says whether it happened, so a duplicate broker delivery, two
 workers, or a sweep racing a heartbeat can never both win: the row, not the
 broker, is the source of truth (reliability.md, "Jobs"; celery #5935).
 
-`attempt` counts claims: `claim_job` adds 1, the sweep keeps it. Functions a worker
+`attempt` counts claims: `claim_job` adds 1, the sweep keeps it; a job fails when its
+worker is lost during attempt max_attempts (a shutdown's `release_job` grants one more
+attempt: max_attempts + 1). Functions a worker
 calls after its claim (`beat`, `finish_job`, `set_checkpoint`) take an optional
 `attempt`; given, the UPDATE also requires `attempt = ?`, so a worker that was
 presumed dead and whose job was re-claimed by another can no longer touch it.
@@ -211,16 +213,19 @@ def finish_job(engine: Engine, job_id: int, state: str, error: str = "", attempt
 def release_job(engine: Engine, job_id: int, attempt: int | None = None) -> str | None:
     """Guarded running -> queued (enqueued_at NULL) for a run stopped from outside: the worker
     or the studio shutting down (SIGTERM). A sweep sends it again and it resumes from its
-    last checkpoint; the attempt still counts toward max_attempts. A job whose cancel was
-    requested becomes cancelled instead. Returns the new state, or None when the job was
-    not this attempt's running job.
+    last checkpoint. A shutdown is not the job's failure, so it does not spend an attempt:
+    max_attempts grows by one with the release (attempt itself only ever grows, so a
+    runner's `attempt` guard keeps telling its claim from the next one). A job whose
+    cancel was requested becomes cancelled instead. Returns the new state, or None when
+    the job was not this attempt's running job.
     """
     guard = [Job.state == "running", *_attempt_guard(attempt)]
     now = utcnow()
     if guarded_update(engine, job_id, [*guard, Job.cancel_requested == true()],
                       {"state": "cancelled", "finished_at": now, "error": "cancelled; stopped while shutting down"}):
         return "cancelled"
-    if guarded_update(engine, job_id, guard, {"state": "queued", "enqueued_at": None, "worker": ""}):
+    if guarded_update(engine, job_id, guard, {"state": "queued", "enqueued_at": None, "worker": "",
+                                              "max_attempts": Job.max_attempts + 1}):
         return "queued"
     return None
 

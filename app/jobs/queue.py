@@ -98,3 +98,17 @@ def train_sender(settings: Settings) -> SendJob:
         if settings.broker_url not in _senders:
             _senders[settings.broker_url] = partial(send_train, make_celery(settings))
         return _senders[settings.broker_url]
+
+
+def queued_messages(celery_app: Celery) -> int:
+    """Messages waiting in the app's default queue (Redis: the queue's lists; embedded: the
+    visible rows of the broker file), not counting those a worker has taken. Fails as
+    quickly as `send_train` when the broker is down.
+    """
+    connection = celery_app.connection_for_read(connect_timeout=SEND_CONNECT_TIMEOUT_S,
+                                                transport_options=SEND_TRANSPORT_OPTIONS)
+    with connection, connection.channel() as channel:
+        # A non-passive declare: an empty Redis queue has no key, which a passive one reports as missing.
+        declared = channel.queue_declare(queue=celery_app.conf.task_default_queue, durable=True, auto_delete=False)
+        return declared.message_count
+

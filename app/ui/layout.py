@@ -26,9 +26,17 @@ def model_banner(studio: Studio) -> str:
     return status.banner()
 
 
+def studio_banner(studio: Studio) -> str:
+    """The model banner, then the embedded worker's state (studio.worker_status) on a line of its own."""
+    return "  \n".join(filter(None, [model_banner(studio), studio.worker_status()]))
+
+
 def refresh_banner(studio: Studio) -> tuple[str, gr.Timer]:
-    """(banner, timer update): the timer stops once the model has loaded."""
-    return model_banner(studio), gr.Timer(active=studio.models.loaded_status() is None)
+    """(banner, timer update): every 2 s while the model loads; then every 10 s while there is
+    a worker to watch, else the timer stops."""
+    loading = studio.models.loaded_status() is None
+    return studio_banner(studio), gr.Timer(value=2.0 if loading else 10.0,
+                                           active=loading or bool(studio.worker_status()))
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -38,7 +46,7 @@ def build_app(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title=APP_TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {APP_TITLE}", elem_id="studio-title")
-            banner = gr.Markdown(model_banner(studio), elem_id="studio-banner")
+            banner = gr.Markdown(studio_banner(studio), elem_id="studio-banner")
         with gr.Tabs():
             with gr.Tab("Projects & Data", id="data"):
                 project = build_data_tab(studio, demo)

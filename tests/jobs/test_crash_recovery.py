@@ -20,22 +20,10 @@ from app.jobs.lifecycle import FINAL_STATES, submit_job
 from app.jobs.metrics import read_metrics
 from tests.jobs.test_train_task import (adapters_of, job_config, job_row, launch_worker, new_project, own_redis_db,
                                         sender, wait_for)
+from tests.jobs.process_tree import alive, child_pids
 from tests.waiting import work_deadline_s
 
 STALE_AFTER_S = "3"  # the new worker's start sweep treats a 3 s old heartbeat as a lost worker
-
-
-def _child_pids(pid: int) -> list[int]:
-    path = f"/proc/{pid}/task/{pid}/children"
-    return [int(p) for p in open(path).read().split()] if os.path.exists(path) else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("broker", ["redis", "embedded"])
@@ -49,11 +37,11 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint(broker, request, tmp_
                          snapshot, sender(settings, redis_url))
         wait_for(lambda: job_row(engine, job.id).checkpoint_path, settings, f"job {job.id} saved no checkpoint")
         wait_for(lambda: job_row(engine, job.id).step >= 7, settings, f"job {job.id} did not pass step 7")
-        children = _child_pids(first.pid)
+        children = child_pids(first.pid)
         assert children, "the worker runs the job in a child process"
         os.kill(first.pid, signal.SIGKILL)  # the worker only: its child must die with it
         first.wait(timeout=10)
-        wait_for(lambda: not any(_alive(pid) for pid in children), settings, "the training child outlived its worker",
+        wait_for(lambda: not any(alive(pid) for pid in children), settings, "the training child outlived its worker",
                  timeout_s=work_deadline_s(3))
         killed = job_row(engine, job.id)
         assert killed.state == "running" and killed.step < 30

@@ -14,11 +14,11 @@ from app.jobs.lifecycle import (
     record_adapter, request_cancel, set_checkpoint, submit_job,
 )
 from app.jobs.queue import make_celery, send_train
-from app.jobs.sweep import enqueue_pending, sweep_stale_jobs
+from app.jobs.sweep import enqueue_pending, requeue_jobs_of_worker, sweep_stale_jobs
 from app.settings import Settings
 from app.store.db import write_session
 from app.store.models import Job, utcnow
-from tests.jobs.conftest import CONFIG, SNAPSHOT
+from tests.jobs.conftest import CONFIG, SNAPSHOT, add_project
 from tests.services import free_port
 
 
@@ -174,7 +174,7 @@ def test_sweep_requeues_a_stale_job_then_fails_it_after_max_attempts(engine, pro
     assert sweep_stale_jobs(engine, stale_after_s=60, send=sender) == [(job.id, "failed")]
     failed = get_job(engine, job.id)
     assert failed.state == "failed" and failed.attempt == 3
-    assert failed.error.startswith("worker lost 3 times; last heartbeat at ")
+    assert failed.error.startswith("worker lost during attempt 3 of 3; last heartbeat at ")
     assert sender.sent == [job.id, job.id]
 
 
@@ -198,7 +198,7 @@ def test_sweep_cancels_a_stale_job_whose_cancel_was_requested(engine, project_id
     age_heartbeat(engine, job.id, 120)
     sender = RecordingSender()
     assert sweep_stale_jobs(engine, stale_after_s=60, send=sender) == [(job.id, "cancelled")]
-    assert get_job(engine, job.id).error.startswith("cancelled; worker lost 1 times")
+    assert get_job(engine, job.id).error.startswith("cancelled; worker lost during attempt 1 of 3")
     assert sender.sent == []
 
 
@@ -231,14 +231,31 @@ def test_broker_down_at_submit_then_enqueue_pending_sends_once(engine, project_i
         client.delete(queue)
 
 
-def test_enqueue_pending_resends_a_message_presumed_lost(engine, project_id):
+def test_enqueue_pending_resends_a_message_only_when_the_queue_is_empty(engine, project_id):
     sender = RecordingSender()
     job = submit_job(engine, project_id, CONFIG, SNAPSHOT, sender)
-    assert enqueue_pending(engine, sender) == []  # sent just now: not lost
-    assert enqueue_pending(engine, sender, resend_after_s=0) == [job.id]
+    assert enqueue_pending(engine, sender, queue_depth=lambda: 0) == []  # sent just now: a worker may be claiming it
+    assert enqueue_pending(engine, sender, queue_depth=lambda: 1, lost_after_s=0) == []  # may be the waiting one
+    assert enqueue_pending(engine, sender, lost_after_s=0) == []  # the queue unknown: presumed there
+
+    def broker_down() -> int:
+        raise ConnectionError("broker down")
+    assert enqueue_pending(engine, sender, queue_depth=broker_down, lost_after_s=0) == []
+    assert enqueue_pending(engine, sender, queue_depth=lambda: 0, lost_after_s=0) == [job.id]  # lost: sent again
     assert claim_job(engine, job.id, "w1")
-    assert enqueue_pending(engine, sender, resend_after_s=0) == []  # claimed: nothing to resend
+    assert enqueue_pending(engine, sender, queue_depth=lambda: 0, lost_after_s=0) == []  # claimed: nothing to resend
     assert sender.sent == [job.id, job.id]
+
+
+def test_the_jobs_of_a_dead_worker_are_requeued_at_once(engine, project_id):
+    ours = create_job(engine, project_id, CONFIG, SNAPSHOT)
+    other = create_job(engine, add_project(engine, "other"), CONFIG, SNAPSHOT)
+    assert claim_job(engine, ours.id, "studio-dead@host") and claim_job(engine, other.id, "studio-alive@host")
+    sender = RecordingSender()
+    assert requeue_jobs_of_worker(engine, "studio-dead@host", sender) == [(ours.id, "queued")]
+    assert sender.sent == [ours.id]
+    assert (get_job(engine, ours.id).state, get_job(engine, other.id).state) == ("queued", "running")
+    assert requeue_jobs_of_worker(engine, "studio-dead@host", sender) == []  # once
 
 
 def test_record_adapter(engine, project_id):

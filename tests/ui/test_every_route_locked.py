@@ -60,6 +60,10 @@ def probe(client: httpx.Client, method: str, path: str) -> tuple[int, bytes]:
     url = re.sub(r"\{[^}]+\}", "probe", path)
     body = {"json": EVENT_BODY} if method == "POST" else {}
     with client.stream(method, url, **body) as response:  # streams (heartbeat, SSE) are read only in part
+        # app/http_guard.py: no answer of any route may be framed by another site. (Signed-in users
+        # share one team workspace, README "Access": one user's session shows the routes open up.)
+        assert response.headers.get("x-frame-options") == "DENY", (method, path)
+        assert response.headers.get("content-security-policy") == "frame-ancestors 'none'", (method, path)
         content = b""
         for chunk in response.iter_bytes():
             content += chunk
