@@ -6,6 +6,9 @@ passed to gradio in app/main.py launch_options).
   Retry-After and the password is not even checked; gradio's answer decides the rest
   (200: success, clears the count; 400: a failure, counted; the one that starts a
   back-off carries Retry-After too). Failures, back-offs and refusals are logged.
+- Any request carrying `Authorization: Basic` (the HTTP predict API, app/predict_api.py)
+  is a login attempt too, under the same throttle and keys: refused with 429 while its
+  user or address backs off; the route's answer decides (401: a failure, else success).
 - Every response: `X-Frame-Options: DENY` and `Content-Security-Policy: frame-ancestors
   'none'` (no other page may frame the studio: clickjacking), `X-Content-Type-Options: nosniff`.
 - Every cookie set: `HttpOnly; SameSite=Lax`, and `Secure` exactly when the request came
@@ -17,6 +20,8 @@ passed to gradio in app/main.py launch_options).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import time
@@ -90,6 +95,18 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return body
 
 
+def _basic_auth_user(scope: dict) -> str | None:
+    """The user name of the request's `Authorization: Basic` header ("" when unreadable), None without one."""
+    header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")[0].strip()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
 async def _json_response(send: Send, status: int, detail: str, headers: list | None = None) -> None:
     content = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
@@ -115,17 +132,22 @@ class StudioHttpGuard:
                 message = {**message, "headers": with_studio_headers(list(message.get("headers", [])), https)}
             await send(message)
 
+        basic_user = _basic_auth_user(scope)
         if self.throttle is not None and scope["method"] == "POST" and scope["path"] in LOGIN_PATHS:
-            await self._login(scope, receive, send_with_rules)
+            body = await _read_body(receive, MAX_LOGIN_BODY_BYTES)
+            if body is None:
+                await _json_response(send_with_rules, 413, "login form too large")
+                return
+            await self._attempt(scope, _replay(body, receive), send_with_rules, await self._username(scope, body),
+                                failed_status=400)
+        elif self.throttle is not None and basic_user is not None:
+            await self._attempt(scope, receive, send_with_rules, basic_user, failed_status=401)
         else:
             await self.app(scope, receive, send_with_rules)
 
-    async def _login(self, scope: dict, receive: Receive, send: Send) -> None:
-        body = await _read_body(receive, MAX_LOGIN_BODY_BYTES)
-        if body is None:
-            await _json_response(send, 413, "login form too large")
-            return
-        username = await self._username(scope, body)
+    async def _attempt(self, scope: dict, receive: Receive, send: Send, username: str, failed_status: int) -> None:
+        """One login attempt by `username`: refused during a back-off; the app's answer counted
+        (`failed_status`: a failure; a 2xx: a success)."""
         address = scope["client"][0] if scope.get("client") else "unknown"
         # Every name counts, existing or not: a back-off only for real users would tell which exist.
         keys = [f"address {address}"] + ([f"user {printable(username)}"] if username else [])
@@ -137,14 +159,14 @@ class StudioHttpGuard:
             return
 
         async def count_outcome(message: dict) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 200:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 self.throttle.succeeded(keys)
                 logger.info("login: %r from %s", username, address)
-            elif message["type"] == "http.response.start" and message["status"] == 400:
+            elif message["type"] == "http.response.start" and message["status"] == failed_status:
                 message = self._count_failure(message, keys, username, address)
             await send(message)
 
-        await self.app(scope, _replay(body, receive), count_outcome)
+        await self.app(scope, receive, count_outcome)
 
     async def _username(self, scope: dict, body: bytes) -> str:
         """The form's username as gradio reads it (stripped); "" when the form cannot be read."""

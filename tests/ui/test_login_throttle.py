@@ -76,7 +76,7 @@ def test_cookie_flags_are_the_studio_s():
 def guarded_studio(tmp_path_factory):
     """One studio for the module: each test uses users and addresses of its own."""
     tmp_path = tmp_path_factory.mktemp("guarded")
-    process, url = start_studio(tmp_path, STUDIO_USERS="alice:s3cret,bob:other,carol:c4rol,dave:d4ve",
+    process, url = start_studio(tmp_path, STUDIO_USERS="alice:s3cret,bob:other,carol:c4rol,dave:d4ve,erin:e4rin",
                                 LOGIN_FREE_FAILURES="3", LOGIN_BACKOFF_S=str(BACKOFF_S), LOGIN_BACKOFF_MAX_S="8")
     yield url, tmp_path
     stop(process)
@@ -124,6 +124,19 @@ def test_one_user_is_guarded_across_addresses(guarded_studio):
         assert login(client, "dave", "d4ve", "10.0.1.9").status_code == 200
         # A name no one has backs off the same way: the answers do not tell which names exist.
         assert [login(client, "mallory", "guess", f"10.0.2.{i}").status_code for i in range(4)] == [400, 400, 400, 429]
+
+
+def test_basic_credentials_of_the_predict_api_meet_the_same_back_off(guarded_studio):
+    url, _ = guarded_studio
+    health = "/labelstudio/base/health"  # behind the login; Label Studio sends Basic credentials
+    with httpx.Client(base_url=url, timeout=10) as client:
+        guesses = [client.get(health, auth=("erin", f"guess-{i}"), headers={"X-Forwarded-For": "10.0.3.1"})
+                   for i in range(4)]
+        assert [answer.status_code for answer in guesses] == [401, 401, 401, 429]
+        refused = client.get(health, auth=("erin", "e4rin"), headers={"X-Forwarded-For": "10.0.3.2"})
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1  # the user backs off
+        time.sleep(BACKOFF_S + 0.2)
+        assert client.get(health, auth=("erin", "e4rin"), headers={"X-Forwarded-For": "10.0.3.2"}).status_code == 200
 
 
 def test_frames_are_refused_and_the_cookies_agree(guarded_studio):
