@@ -1,4 +1,6 @@
-"""Run one claimed fine-tune job to its end: `python -m worker.run_job <job_id>`.
+"""Run one claimed job to its end: `python -m worker.run_job <job_id>`. A fine-tune as below; a
+pre-label job (kind "prelabel") goes to worker/run_prelabel.py in this same child process, so it
+shares the claim, heartbeat, cancel, sweeps and shutdown handling of a fine-tune.
 
 The Celery task (worker/tasks.py) claims the job, then starts this module in a child
 process and waits for it; the child's exit returns every byte of GPU memory, which
@@ -34,6 +36,7 @@ from sqlmodel import select
 from app.jobs.lifecycle import beat, finish_job, get_job, record_adapter, set_checkpoint
 from app.jobs.metrics import MetricWriter, delete_metrics_after
 from app.jobs.parent_death import watch_parent
+from app.jobs.prelabel import KIND as PRELABEL
 from app.jobs.recipe import job_train_config
 from app.settings import Settings, load_settings
 from app.store.coco_export import export_coco
@@ -47,6 +50,7 @@ from sam3_lora.config import TrainConfig
 from sam3_lora.model_card import write_model_card
 from sam3_lora.train import TrainResult, train
 from worker.model_card import job_card_facts
+from worker.run_prelabel import run_prelabel
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +194,8 @@ def _finish(engine: Engine, settings: Settings, job: Job, cfg: TrainConfig, resu
 
 
 def run_job(settings: Settings, job_id: int) -> str:
-    """Train the running job `job_id` to its end; returns the final state it set ("" if none).
+    """Train the running job `job_id` to its end (a pre-label job: worker/run_prelabel.py);
+    returns the final state it set ("" if none).
 
     Any exception fails the job with "<Type>: <message>" and is re-raised.
     """
@@ -199,6 +204,12 @@ def run_job(settings: Settings, job_id: int) -> str:
         job = get_job(engine, job_id)
         if job is None or job.state != "running":
             raise RuntimeError(f"job {job_id} is not running (state {getattr(job, 'state', 'missing')}); claim it first")
+        if job.kind == PRELABEL:
+            try:
+                return run_prelabel(engine, settings, job)
+            except Exception as error:
+                finish_job(engine, job_id, "failed", error=f"{type(error).__name__}: {error}", attempt=job.attempt)
+                raise
         try:
             cfg = build_train_config(job, settings, export_job_data(engine, settings, job))
             beat(engine, job_id, job.step, job.total_steps, attempt=job.attempt)  # export may have been long
