@@ -50,7 +50,7 @@ from sam3_lora.config import TrainConfig
 from sam3_lora.model_card import write_model_card
 from sam3_lora.train import TrainResult, train
 from worker.model_card import job_card_facts
-from worker.run_prelabel import run_prelabel
+from worker.run_prelabel import repropose_after_finetune, run_prelabel
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +217,17 @@ def run_job(settings: Settings, job_id: int) -> str:
                 result = train(cfg, _EventRecorder(engine, job, writer))
             if settings.RANK != 0:
                 return ""
-            return _finish(engine, settings, job, cfg, result)
+            state = _finish(engine, settings, job, cfg, result)
         except Exception as error:
             if settings.RANK == 0:
                 finish_job(engine, job_id, "failed", error=f"{type(error).__name__}: {error}", attempt=job.attempt)
             raise
+        if state == "succeeded":
+            try:
+                repropose_after_finetune(engine, settings, job, cfg.model.source)
+            except Exception:  # the adapter is safe; the user can still re-propose from the Train tab
+                logger.exception("job %d: re-proposing after the fine-tune failed", job_id)
+        return state
     finally:
         engine.dispose()
 

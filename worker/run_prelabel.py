@@ -25,12 +25,15 @@ from sqlmodel import select
 
 from app.jobs.lifecycle import beat, finish_job, get_job
 from app.jobs.metrics import MetricWriter
-from app.jobs.prelabel import prelabel_config
+from app.jobs.lifecycle import JobError
+from app.jobs.prelabel import prelabel_config, submit_prelabel
+from app.jobs.queue import train_sender
+from app.store.adapters import adapter_of_job
 from app.settings import Settings
 from app.store.db import read_session
 from app.store.masks import mask_to_rle
 from app.store.media import media_path
-from app.store.models import Adapter, Concept, Image, Job
+from app.store.models import Adapter, Concept, Image, Job, Project
 from app.store.proposals import Proposal, done_image_ids, model_label, write_image_proposals
 from sam3_lora.predict import load_predictor
 from sam3_lora.predict_batch import propose_batch
@@ -126,3 +129,22 @@ def _end(engine: Engine, job: Job, finished: bool = False) -> str:
         return ""
     state = "succeeded" if finished else "cancelled"
     return state if finish_job(engine, job.id, state, attempt=job.attempt) else ""
+
+
+def repropose_after_finetune(engine: Engine, settings: Settings, train_job: Job, model_source: str) -> Job | None:
+    """A fine-tune succeeded: when its project says "auto" (project.prelabel_after_finetune), submit a
+    pre-label job of every unreviewed image with the new adapter; returns it (None: "ask", or nothing to do)."""
+    with read_session(engine) as session:
+        project = session.get(Project, train_job.project_id)
+    adapter = adapter_of_job(engine, train_job.id)
+    if project is None or project.prelabel_after_finetune != "auto" or adapter is None:
+        return None
+    try:
+        job = submit_prelabel(engine, project.id, train_sender(settings), model_source=model_source,
+                              adapter_id=adapter.id)
+    except JobError as error:  # no unreviewed image, another job active: nothing to re-propose now
+        logger.info("no re-proposal after job %d: %s", train_job.id, error)
+        return None
+    logger.info("job %d: re-proposing the unreviewed images with adapter %d as pre-label job %d",
+                train_job.id, adapter.id, job.id)
+    return job

@@ -18,6 +18,9 @@ def utcnow() -> datetime:
 class Project(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
+    # after a fine-tune succeeds: "ask" (the Train tab offers to re-propose the unreviewed
+    # images with the new adapter) | "auto" (the worker submits that pre-label job itself)
+    prelabel_after_finetune: str = Field(default="ask", sa_column_kwargs={"server_default": "ask"})
     created_at: datetime = Field(default_factory=utcnow)
 
 

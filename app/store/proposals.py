@@ -28,7 +28,7 @@ from app.store.annotations import CheckedMask, _history_row, _mark_image, check_
 from app.store.db import read_session, write_session
 from app.store.models import Annotation, Image, PrelabelMark, utcnow
 
-__all__ = ["Proposal", "REPLACED_BY", "write_image_proposals", "done_image_ids", "model_label"]
+__all__ = ["Proposal", "REPLACED_BY", "write_image_proposals", "done_image_ids", "model_label", "prelabel_counts"]
 
 REPLACED_BY = "pre-label"  # the history author of a proposal replaced by a newer run (not a person's reject)
 
@@ -112,3 +112,12 @@ def done_image_ids(engine: Engine, job_id: int) -> set[int]:
     """Images job `job_id` has marked (written or skipped): a resumed run leaves them alone."""
     with read_session(engine) as session:
         return set(session.scalars(select(PrelabelMark.image_id).where(PrelabelMark.job_id == job_id)))
+
+
+def prelabel_counts(engine: Engine, job_id: int) -> tuple[int, int, int]:
+    """(images proposed for, images skipped as reviewed, proposals written) by job `job_id` so far."""
+    with read_session(engine) as session:
+        marks = session.execute(select(PrelabelMark.skipped, PrelabelMark.proposals)
+                                .where(PrelabelMark.job_id == job_id)).all()
+    return (sum(not skipped for skipped, _ in marks), sum(bool(skipped) for skipped, _ in marks),
+            sum(count for _, count in marks))

@@ -112,7 +112,10 @@ def annotation_mask(annotation: Annotation) -> np.ndarray:
 
 
 def status_filter_value(session: dict[str, Any]) -> str | None:
+    """The image status the filter lists (the review queue, "least certain first", lists the proposed images)."""
     value = session.get("status_filter")
+    if value == "least certain first":  # app.store.review_queue.LEAST_CERTAIN
+        return "proposed"
     return None if value in (None, "", ALL_STATUSES) else value
 
 

@@ -1,9 +1,10 @@
 """Pre-label jobs (issue 17): `job.kind` (train | prelabel), `annotation.proposed_by` (which
-model proposed it: "base" | "adapter:<id>" | ""), and `prelabelmark`, one row per image a
+model proposed it: "base" | "adapter:<id>" | ""), `project.prelabel_after_finetune` ("ask" |
+"auto": what a finished fine-tune does about the unreviewed images), and `prelabelmark`, one row per image a
 pre-label job finished, written in the same transaction as that image's proposals (a resumed
 job skips marked images; the unique (job_id, image_id) refuses a second write).
 
-Existing rows get kind "train" and proposed_by "" (server defaults); the downgrade drops the
+Existing rows get kind "train", proposed_by "" and "ask" (server defaults); the downgrade drops the
 table and the columns, keeping every other value (batch mode rebuilds the SQLite tables).
 
 Revision ID: 0004
@@ -22,6 +23,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("project") as batch:
+        batch.add_column(sa.Column("prelabel_after_finetune", sa.String(), nullable=False, server_default="ask"))
     with op.batch_alter_table("job") as batch:
         batch.add_column(sa.Column("kind", sa.String(), nullable=False, server_default="train"))
     with op.batch_alter_table("annotation") as batch:
@@ -47,3 +50,5 @@ def downgrade() -> None:
         batch.drop_column("proposed_by")
     with op.batch_alter_table("job") as batch:
         batch.drop_column("kind")
+    with op.batch_alter_table("project") as batch:
+        batch.drop_column("prelabel_after_finetune")

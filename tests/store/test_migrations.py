@@ -95,7 +95,8 @@ def all_rows(engine: Engine) -> dict[str, list[tuple]]:
 
 
 NEW_IN_0003 = {"concept": ("coco_id", "supercategory"), "image": ("coco_id",)}
-NEW_IN_0004 = {"job": ("kind",), "annotation": ("proposed_by",), "prelabelmark": ("*",)}
+NEW_IN_0004 = {"job": ("kind",), "annotation": ("proposed_by",), "project": ("prelabel_after_finetune",),
+               "prelabelmark": ("*",)}
 NEW_SINCE_0003 = {**NEW_IN_0003, **NEW_IN_0004}
 
 
