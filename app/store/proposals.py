@@ -28,7 +28,7 @@ from app.store.annotations import CheckedMask, _history_row, _mark_image, check_
 from app.store.db import read_session, write_session
 from app.store.models import Annotation, Image, PrelabelMark, utcnow
 
-__all__ = ["Proposal", "REPLACED_BY", "write_image_proposals", "done_image_ids", "model_label", "prelabel_counts"]
+__all__ = ["Proposal", "REPLACED_BY", "write_image_proposals", "done_image_ids", "model_label", "proposer_label", "prelabel_counts"]
 
 REPLACED_BY = "pre-label"  # the history author of a proposal replaced by a newer run (not a person's reject)
 
@@ -45,6 +45,11 @@ class Proposal:
 def model_label(adapter_id: int | None) -> str:
     """The `proposed_by` of a model: "base" or "adapter:<id>"."""
     return "base" if adapter_id is None else f"adapter:{adapter_id}"
+
+
+def proposer_label(model_choice: str | None) -> str:
+    """The `proposed_by` of a proposal-model choice of the UI ("base" / "" / None, or an adapter id)."""
+    return model_label(None if model_choice in (None, "", "base") else int(model_choice))
 
 
 def _checked(image_id: int, proposals: list[Proposal]) -> list[tuple[Proposal, CheckedMask]]:
