@@ -49,7 +49,7 @@ from sam3_lora.adapter_io import replace_folder_atomically
 from sam3_lora.config import TrainConfig
 from sam3_lora.model_card import write_model_card
 from sam3_lora.train import TrainResult, train
-from worker.model_card import job_card_facts
+from worker.model_card import card_review_outcomes, job_card_facts
 from worker.run_prelabel import repropose_after_finetune, run_prelabel
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class _EventRecorder:
 
 
 def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: TrainResult, partial: bool,
-                    project_name: str = "") -> str:
+                    project_name: str = "", review_outcomes: dict | None = None) -> str:
     """Copy the run's adapter + model card into the media store atomically; returns its relative path.
 
     replace_folder_atomically: written into a temp sibling, fsynced, then swapped into place,
@@ -160,7 +160,7 @@ def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: Trai
 
     def write(temp: Path) -> None:
         shutil.copytree(result.adapter_dir, temp, dirs_exist_ok=True)
-        write_model_card(temp, job_card_facts(settings, job.id, project_name, cfg, result, partial))
+        write_model_card(temp, job_card_facts(settings, job.id, project_name, cfg, result, partial, review_outcomes))
 
     replace_folder_atomically(media_path(settings.media_dir, relative), write)
     return relative
@@ -182,7 +182,8 @@ def _finish(engine: Engine, settings: Settings, job: Job, cfg: TrainConfig, resu
     if result.stopped and not cancelled:
         return ""  # beat said stop without a cancel: the job is no longer this run's
     relative = publish_adapter(settings, job, cfg, result, partial=cancelled,
-                               project_name=get_project(engine, job.project_id).name)
+                               project_name=get_project(engine, job.project_id).name,
+                               review_outcomes=card_review_outcomes(engine, job.project_id))
     if not _adapter_exists(engine, job.id):  # a crash between record and finish must not record twice
         name = f"job-{job.id} (partial, step {result.steps})" if cancelled else f"job-{job.id}"
         record_adapter(engine, job.project_id, job.id, name, relative, base_model=cfg.model.source,

@@ -62,3 +62,23 @@ def test_least_certain_first_walks_the_review_queue(studio):
     session = view(navigation.step_image(studio, session, 0.5, 1))["session"]
     assert session["image_id"] == project.images[0]
     assert "last image" in view(navigation.step_image(studio, session, 0.5, 1))["message"]
+
+
+def test_models_tab_shows_review_outcomes_per_model(studio):
+    from app.store.annotations import delete_annotation, list_annotations, save_annotation
+    from app.ui.review_outcomes import outcomes_markdown
+
+    project = make_project(studio, images=1)
+    crack = project.concepts["crack"]
+    assert "No proposal has been reviewed yet" in outcomes_markdown(studio, project.id)
+    sent = []
+    prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, [], send=sent.append)
+    claim_job(studio.engine, sent[0], "test")
+    boxes = [box_rle(40, 48, 2, 2, 9, 9), box_rle(40, 48, 20, 20, 9, 9)]
+    write_image_proposals(studio.engine, sent[0], project.images[0], [crack],
+                          [Proposal(crack, box, 0.8) for box in boxes], "base")
+    kept, dropped = list_annotations(studio.engine, project.images[0])
+    save_annotation(studio.engine, image_id=project.images[0], concept_id=crack, rle=boxes[0], annotation_id=kept.id,
+                    base_revision=1, source="human")
+    delete_annotation(studio.engine, dropped.id, 1)
+    assert "| base SAM3 | crack | 1 | 0 | 1 | 50% |" in outcomes_markdown(studio, project.id)
