@@ -51,12 +51,13 @@ def prelabel_form(studio: Studio, project_id: Any) -> tuple:
 
 
 def start_prelabel(studio: Studio, project_id: Any, model_choice: str | None, split: str | None,
-                   concept_ids: list | None, replace_proposed: bool, view: dict | None, terms: list[str],
-                   send=None) -> tuple:
+                   concept_ids: list | None, replace_proposed: bool, threshold: float | None, view: dict | None,
+                   terms: list[str], send=None) -> tuple:
     """"Propose for unlabelled images": a queued pre-label job -> (message, *job view showing it).
 
     model_choice: "base" or an adapter id; split: all | train | val; concept_ids: none = every
-    concept; replace_proposed: also re-propose images whose proposals nobody reviewed yet.
+    concept; replace_proposed: also re-propose images whose proposals nobody reviewed yet;
+    threshold: proposals scoring below it are not stored (None: DEFAULT_THRESHOLD).
     """
     try:
         project_id = _project_id(project_id)
@@ -70,7 +71,7 @@ def start_prelabel(studio: Studio, project_id: Any, model_choice: str | None, sp
                               model_source=studio.models.status().source, adapter_id=adapter_id,
                               concept_ids=[int(c) for c in concept_ids or []] or None,
                               split=None if split in (None, "all") else split, statuses=statuses,
-                              threshold=DEFAULT_THRESHOLD)
+                              threshold=DEFAULT_THRESHOLD if threshold is None else float(threshold))
     except (JobError, ValueError) as error:
         return (refusal("cannot start the pre-label job", error), *job_view(studio, project_id, None, view, terms))
     sent = "" if job.enqueued_at is not None else " The broker did not answer: the job waits and is sent again."

@@ -82,6 +82,8 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
         with gr.Row():
             prelabel_replace = gr.Checkbox(True, label="Also re-propose images whose proposals are not reviewed yet",
                                            elem_id="prelabel-replace")
+            prelabel_threshold = gr.Number(prelabel.DEFAULT_THRESHOLD, minimum=0, maximum=1, step=0.05,
+                                           label="Keep proposals scoring at least", elem_id="prelabel-threshold")
             prelabel_after = gr.Radio(list(prelabel.AFTER_FINETUNE), value="ask", label="After a fine-tune",
                                       elem_id="prelabel-after")
         prelabel_counts = gr.Markdown(elem_id="prelabel-counts")
@@ -125,7 +127,7 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
         tab.select(form, [project], prelabel_outputs)
     prelabel_start.click(
         partial(prelabel.start_prelabel, studio),
-        [project, prelabel_model, prelabel_split, prelabel_concepts, prelabel_replace, view, terms],
+        [project, prelabel_model, prelabel_split, prelabel_concepts, prelabel_replace, prelabel_threshold, view, terms],
         [message, *view_outputs])
     prelabel_after.input(partial(prelabel.set_after_finetune, studio), [project, prelabel_after], [message])
     timer.tick(partial(handlers.tick, studio), [project, job_choice, view, terms], view_outputs,

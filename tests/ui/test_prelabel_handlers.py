@@ -26,16 +26,16 @@ def test_start_prelabel_queues_a_job_for_the_unreviewed_images_and_shows_its_pro
     assert model["value"] == str(adapter.id) and after["value"] == "ask" and "3 unlabelled" in counts
     sent = []
     outputs = prelabel.start_prelabel(studio, project.id, str(adapter.id), "all", [project.concepts["crack"]], True,
-                                      None, [], send=sent.append)
+                                      0.2, None, [], send=sent.append)
     job = get_job(studio.engine, sent[0])
     assert (job.kind, json.loads(job.dataset_snapshot)) == ("prelabel", project.images)
     config = json.loads(job.config_json)
-    assert (config["adapter_id"], config["concept_ids"]) == (adapter.id, [project.concepts["crack"]])
+    assert (config["adapter_id"], config["concept_ids"], config["threshold"]) == (adapter.id, [project.concepts["crack"]], 0.2)
     assert f"Pre-label job {job.id} queued for 3 image(s)" in outputs[0]
     assert "Pre-label job" in outputs[VIEW["progress"]]
-    again = prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, [], send=sent.append)
+    again = prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, None, [], send=sent.append)
     assert again[0].startswith(REFUSED) and "already has job" in again[0]
-    assert prelabel.start_prelabel(studio, project.id, "base", "val", [], True, None, [], send=sent.append)[0].startswith(REFUSED)
+    assert prelabel.start_prelabel(studio, project.id, "base", "val", [], True, None, None, [], send=sent.append)[0].startswith(REFUSED)
 
 
 def test_after_finetune_setting_is_stored_per_project(studio):
@@ -49,7 +49,7 @@ def test_least_certain_first_walks_the_review_queue(studio):
     project = make_project(studio, images=3)
     crack = project.concepts["crack"]
     sent = []
-    prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, [], send=sent.append)
+    prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, None, [], send=sent.append)
     claim_job(studio.engine, sent[0], "test")
     for image_id, score in zip(project.images, (0.97, 0.52, 0.7)):
         write_image_proposals(studio.engine, sent[0], image_id, [crack],
@@ -72,7 +72,7 @@ def test_models_tab_shows_review_outcomes_per_model(studio):
     crack = project.concepts["crack"]
     assert "No proposal has been reviewed yet" in outcomes_markdown(studio, project.id)
     sent = []
-    prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, [], send=sent.append)
+    prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, None, [], send=sent.append)
     claim_job(studio.engine, sent[0], "test")
     boxes = [box_rle(40, 48, 2, 2, 9, 9), box_rle(40, 48, 20, 20, 9, 9)]
     write_image_proposals(studio.engine, sent[0], project.images[0], [crack],
