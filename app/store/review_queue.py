@@ -3,7 +3,7 @@
 A person's next correction is most useful where the model hesitates. For image i with
 live unreviewed proposals P_i (source "model", not deleted), each with score s, and the
 presence p_c of each concept c from the image's latest pre-label run (PrelabelMark),
-at the review threshold t (the Annotate slider, 0 < t < 1):
+at the review threshold t (the Annotate slider, clamped to [0.01, 0.99]):
 
     u_score(s)    = 1 - |s - t| / max(t, 1 - t)      1 at the threshold, 0 at a sure 0 or 1
     u_presence(p) = 1 - 2 |p - 0.5|                  1 when "is the concept here?" is a coin toss
@@ -28,11 +28,15 @@ __all__ = ["LEAST_CERTAIN", "image_uncertainty", "review_queue", "queue_neighbou
 LEAST_CERTAIN = "least certain first"  # the Annotate filter choice that walks this queue
 
 
+MIN_THRESHOLD, MAX_THRESHOLD = 0.01, 0.99  # the slider's ends rank by closeness to that end
+
+
 def _check_threshold(threshold: float) -> float:
+    """t in [0, 1], clamped to [MIN_THRESHOLD, MAX_THRESHOLD] (u_score needs 0 < t < 1)."""
     threshold = float(threshold)
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"review threshold must be strictly between 0 and 1, got {threshold}")
-    return threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"review threshold must be between 0 and 1, got {threshold}")
+    return min(max(threshold, MIN_THRESHOLD), MAX_THRESHOLD)
 
 
 def image_uncertainty(scores: list[float], presence: list[float], threshold: float) -> float:

@@ -14,6 +14,7 @@ import gradio as gr
 from app.store import projects
 from app.store.image_order import neighbour_image_id
 from app.store.review_queue import LEAST_CERTAIN, queue_neighbour
+from app.ui.annotate_edits import next_proposal
 from app.studio import Studio
 from app.ui.annotate_view import (
     ALL_STATUSES, DEFAULT_THRESHOLD, copy_session, new_session, render, select, status_filter_value,
@@ -69,8 +70,15 @@ def step_image(studio: Studio, session: dict[str, Any], threshold: float | None,
         return render(studio, session, threshold, f"This is the {end} image of the '{session['status_filter']}' list.",
                       editor=False)
     session["image_id"] = target
-    select(session, None)
+    select(session, _queue_selection(studio, session, threshold))
     return render(studio, session, threshold, "")
+
+
+def _queue_selection(studio: Studio, session: dict[str, Any], threshold: float | None):
+    """In the review queue, the open image's best shown proposal (ready for a / r); elsewhere nothing."""
+    if session.get("status_filter") != LEAST_CERTAIN or session.get("image_id") is None:
+        return None
+    return next_proposal(studio, int(session["image_id"]), threshold)
 
 
 def _neighbour(studio: Studio, session: dict[str, Any], threshold: float | None, step: int,
@@ -91,7 +99,7 @@ def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float 
     session["status_filter"] = status_filter
     if status_filter == LEAST_CERTAIN and session.get("project_id") is not None:  # open the head of the queue
         session["image_id"] = _neighbour(studio, session, threshold, 1, from_head=True) or session.get("image_id")
-        select(session, None)
+        select(session, _queue_selection(studio, session, threshold))
         return render(studio, session, threshold, "Least certain first: the image the model is least sure of.")
     status = status_filter_value(session)
     if session.get("project_id") is None or status is None or session.get("image_id") is None:

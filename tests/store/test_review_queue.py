@@ -19,8 +19,9 @@ def test_uncertainty_formula():
     assert image_uncertainty([], [0.9], 0.5) == pytest.approx(0.2)
     assert image_uncertainty([], [], 0.5) == 0.0
     assert image_uncertainty([0.3], [], 0.3) == 1.0 and image_uncertainty([1.0], [], 0.3) == pytest.approx(0.0)
+    assert image_uncertainty([0.0], [], 0.0) == pytest.approx(0.99, abs=0.01)  # the slider at 0: t = 0.01
     with pytest.raises(ValueError, match="threshold"):
-        image_uncertainty([0.5], [], 1.0)
+        image_uncertainty([0.5], [], 1.5)
 
 
 def test_queue_puts_the_least_certain_first_and_drops_reviewed_images(engine):

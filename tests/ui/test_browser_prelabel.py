@@ -2,7 +2,7 @@
 SAM3 (issue 17): a project of unlabelled synthetic images (made through the store before the
 studio starts) -> Train tab, Pre-label: propose for every image -> the progress bar counts images
 and the job succeeds -> Annotate, "least certain first": the head of the review queue opens, and
-Next walks the queue in its order.
+the keyboard (a: accept, n: next) walks the queue in its order.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.ui.studio_process import start_studio, stop
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 90_000
 NUM_IMAGES = 6
+REVIEW_THRESHOLD = 0.2
 
 
 @pytest.fixture
@@ -77,18 +78,24 @@ def test_prelabel_job_progress_and_review_queue_in_a_real_browser(studio_url, tm
             wait_text(page, "#train-outcome", "proposal(s) on")
 
             engine = make_engine(f"sqlite:///{data_dir / 'studio.db'}")
-            queue = [image_id for image_id, _ in review_queue(engine, 1, 0.5)]
+            queue = [image_id for image_id, _ in review_queue(engine, 1, REVIEW_THRESHOLD)]
             engine.dispose()
             assert len(queue) >= 2, queue
             with sqlite3.connect(data_dir / "studio.db") as db:
                 names = dict(db.execute("SELECT id, original_name FROM image").fetchall())
 
             page.get_by_role("tab", name="Annotate", exact=True).click()
+            slider = page.locator("#annotate-threshold input[type=number]").first
+            slider.fill(str(REVIEW_THRESHOLD))  # the tiny SAM3's proposals (~0.26) shown, and the queue's t
+            slider.press("Enter")
             page.locator("#annotate-status-filter").get_by_text("least certain first").click()
             wait_text(page, "#annotate-message", "least certain first")
             page.wait_for_function("(name) => document.querySelector('#annotate-image input').value.startsWith(name)",
                                    arg=names[queue[0]], timeout=WAIT_MS)
-            page.locator("#annotate-next").click()
+            wait_text(page, "#annotate-instances", "▶")  # the head's best proposal is selected
+            page.locator("body").press("a")  # keyboard: accept it (the image is reviewed and leaves the queue)
+            wait_text(page, "#annotate-message", "accepted")
+            page.locator("body").press("n")  # keyboard: next in the queue
             page.wait_for_function("(name) => document.querySelector('#annotate-image input').value.startsWith(name)",
                                    arg=names[queue[1]], timeout=WAIT_MS)
         except Exception:

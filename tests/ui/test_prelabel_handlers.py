@@ -57,6 +57,7 @@ def test_least_certain_first_walks_the_review_queue(studio):
     session = opened(studio, project)
     session = view(navigation.set_status_filter(studio, session, 0.5, LEAST_CERTAIN))["session"]
     assert session["image_id"] == project.images[1]  # 0.52: nearest the threshold
+    assert session["selected"] is not None  # its proposal is selected: a / r act on it at once
     session = view(navigation.step_image(studio, session, 0.5, 1))["session"]
     assert session["image_id"] == project.images[2]
     session = view(navigation.step_image(studio, session, 0.5, 1))["session"]
