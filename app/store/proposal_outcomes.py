@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select, true
 
 from app.store.db import read_session
 from app.store.models import Annotation, AnnotationHistory, Concept, Image
@@ -56,7 +56,9 @@ def proposal_outcomes(engine: Engine, project_id: int) -> dict[str, dict[str, di
     with read_session(engine) as session:
         rows = session.execute(
             select(Annotation, Image.status).join(Image, Image.id == Annotation.image_id)
-            .where(Image.project_id == project_id, Annotation.proposed_by != "")).all()
+            .where(Image.project_id == project_id, Annotation.proposed_by != "",
+                   # judged ones only: the many proposals still awaiting review are not read
+                   or_(Annotation.source != "model", Annotation.deleted == true(), Image.status == "reviewed"))).all()
         annotations = [annotation for annotation, _ in rows]
         reviewed = {annotation.id for annotation, status in rows if status == "reviewed"}
         history: dict[int, list[AnnotationHistory]] = defaultdict(list)
