@@ -10,6 +10,7 @@
 A kill between the model pass and the writes only loses computation: unmarked images are
 proposed by the next attempt, marked ones never again. Outcomes: succeeded, cancelled
 (what was written stays), failed with "<Type>: <message>" (run_job records it).
+`repropose_after_finetune` is the fine-tune's follow-up (project.prelabel_after_finetune).
 """
 from __future__ import annotations
 
@@ -23,13 +24,12 @@ from PIL import Image as PILImage
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from app.jobs.lifecycle import beat, finish_job, get_job
+from app.jobs.lifecycle import JobError, beat, finish_job, get_job
 from app.jobs.metrics import MetricWriter
-from app.jobs.lifecycle import JobError
 from app.jobs.prelabel import prelabel_config, submit_prelabel
 from app.jobs.queue import train_sender
-from app.store.adapters import adapter_of_job
 from app.settings import Settings
+from app.store.adapters import adapter_of_job
 from app.store.db import read_session
 from app.store.masks import mask_to_rle
 from app.store.media import media_path

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools.coco import COCO
 
 from sam3_lora.cli import main
