@@ -36,7 +36,7 @@ def open_project(studio: Studio, session: dict[str, Any], threshold: float | Non
     session["status_filter"], session["undo"] = old["status_filter"], old["undo"]
     if session["project_id"] is None:
         return render(studio, session, threshold, "Choose a project under Projects & Data.")
-    session["image_id"] = neighbour_image_id(studio.engine, session["project_id"], None, 1, status_filter_value(session))
+    session["image_id"] = _neighbour(studio, session, threshold, 1, from_head=True)
     if session["image_id"] is None and status_filter_value(session) is not None:  # none in the filter: show all
         session["status_filter"] = ALL_STATUSES
         session["image_id"] = neighbour_image_id(studio.engine, session["project_id"], None, 1)
@@ -98,7 +98,11 @@ def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float 
         return render(studio, session, threshold, refusal("", f"unknown status filter {status_filter!r}"), editor=False)
     session["status_filter"] = status_filter
     if status_filter == LEAST_CERTAIN and session.get("project_id") is not None:  # open the head of the queue
-        session["image_id"] = _neighbour(studio, session, threshold, 1, from_head=True) or session.get("image_id")
+        head = _neighbour(studio, session, threshold, 1, from_head=True)
+        if head is None:
+            return render(studio, session, threshold, "No image awaits review: no unreviewed proposals in this project.",
+                          editor=False)
+        session["image_id"] = head
         select(session, _queue_selection(studio, session, threshold))
         return render(studio, session, threshold, "Least certain first: the image the model is least sure of.")
     status = status_filter_value(session)

@@ -50,11 +50,13 @@ def test_least_certain_first_walks_the_review_queue(studio):
     crack = project.concepts["crack"]
     sent = []
     prelabel.start_prelabel(studio, project.id, "base", "all", [], True, None, None, [], send=sent.append)
+    session = opened(studio, project)
+    empty = view(navigation.set_status_filter(studio, session, 0.5, LEAST_CERTAIN))
+    assert "No image awaits review" in empty["message"]
     claim_job(studio.engine, sent[0], "test")
     for image_id, score in zip(project.images, (0.97, 0.52, 0.7)):
         write_image_proposals(studio.engine, sent[0], image_id, [crack],
                               [Proposal(crack, box_rle(40, 48, 2, 2, 9, 9), score)], "base", {crack: 0.9})
-    session = opened(studio, project)
     session = view(navigation.set_status_filter(studio, session, 0.5, LEAST_CERTAIN))["session"]
     assert session["image_id"] == project.images[1]  # 0.52: nearest the threshold
     assert session["selected"] is not None  # its proposal is selected: a / r act on it at once
