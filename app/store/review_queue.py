@@ -23,7 +23,7 @@ from sqlalchemy import Engine, false, func, select
 from app.store.db import read_session
 from app.store.models import Annotation, Image, PrelabelMark
 
-__all__ = ["LEAST_CERTAIN", "image_uncertainty", "review_queue", "queue_neighbour"]
+__all__ = ["LEAST_CERTAIN", "image_uncertainty", "review_queue", "queue_neighbour", "least_certain_proposal"]
 
 LEAST_CERTAIN = "least certain first"  # the Annotate filter choice that walks this queue
 
@@ -85,3 +85,13 @@ def queue_neighbour(engine: Engine, project_id: int, image_id: int | None, step:
         return order[0]
     position = order.index(image_id) + (1 if step > 0 else -1)
     return order[position] if 0 <= position < len(order) else None
+
+
+def least_certain_proposal(engine: Engine, image_id: int, threshold: float) -> Annotation | None:
+    """The image's live unreviewed model proposal whose score is nearest the threshold (max u_score), or None."""
+    threshold = _check_threshold(threshold)
+    with read_session(engine) as session:
+        return session.scalars(
+            select(Annotation).where(Annotation.image_id == image_id, Annotation.source == "model",
+                                     Annotation.deleted == false(), Annotation.score.is_not(None))
+            .order_by(func.abs(Annotation.score - threshold), Annotation.id).limit(1)).first()

@@ -13,8 +13,7 @@ import gradio as gr
 
 from app.store import projects
 from app.store.image_order import neighbour_image_id
-from app.store.review_queue import LEAST_CERTAIN, queue_neighbour
-from app.ui.annotate_edits import next_proposal
+from app.store.review_queue import LEAST_CERTAIN, least_certain_proposal, queue_neighbour
 from app.studio import Studio
 from app.ui.annotate_view import (
     ALL_STATUSES, DEFAULT_THRESHOLD, copy_session, new_session, render, select, status_filter_value,
@@ -75,10 +74,12 @@ def step_image(studio: Studio, session: dict[str, Any], threshold: float | None,
 
 
 def _queue_selection(studio: Studio, session: dict[str, Any], threshold: float | None):
-    """In the review queue, the open image's best shown proposal (ready for a / r); elsewhere nothing."""
+    """In the review queue, the open image's least certain proposal (ready for a / r), shown even when it
+    scores below the threshold; elsewhere nothing."""
     if session.get("status_filter") != LEAST_CERTAIN or session.get("image_id") is None:
         return None
-    return next_proposal(studio, int(session["image_id"]), threshold)
+    return least_certain_proposal(studio.engine, int(session["image_id"]),
+                                  DEFAULT_THRESHOLD if threshold is None else threshold)
 
 
 def _neighbour(studio: Studio, session: dict[str, Any], threshold: float | None, step: int,

@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from app.jobs.lifecycle import insert_job
+from app.jobs.lifecycle import insert_job, request_cancel
 from app.store.annotations import save_annotation
 from app.store.projects import add_concept, create_project
 from app.store.proposals import Proposal, write_image_proposals
-from app.store.review_queue import image_uncertainty, queue_neighbour, review_queue
+from app.store.review_queue import image_uncertainty, least_certain_proposal, queue_neighbour, review_queue
 from tests.store.conftest import add_image, box_rle
+
+
+def insert_job_after(engine, project_id: int, job_id: int) -> int:
+    request_cancel(engine, job_id)
+    return insert_job(engine, project_id, "prelabel", "{}", "[]").id
 
 
 def test_uncertainty_formula():
@@ -43,3 +48,9 @@ def test_queue_puts_the_least_certain_first_and_drops_reviewed_images(engine):
     assert queue_neighbour(engine, project.id, sure.id, 1, 0.5) is None
     assert queue_neighbour(engine, project.id, unsure.id, -1, 0.5) == coin_toss.id
     assert queue_neighbour(engine, project.id, reviewed.id, 1, 0.5) == coin_toss.id  # left the queue: its head
+    write_image_proposals(engine, job.id, reviewed.id, [concept.id], [], "base")  # nothing: reviewed
+    second = write_image_proposals(engine, insert_job_after(engine, project.id, job.id), sure.id, [concept.id],
+                                   [Proposal(concept.id, box_rle(30, 40, 1, 1, 5, 5), s) for s in (0.9, 0.45, 0.1)],
+                                   "base")
+    assert second.proposals == 3
+    assert least_certain_proposal(engine, sure.id, 0.5).score == 0.45

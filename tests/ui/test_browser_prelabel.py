@@ -24,7 +24,7 @@ from tests.ui.studio_process import start_studio, stop
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 WAIT_MS = 90_000
 NUM_IMAGES = 6
-REVIEW_THRESHOLD = 0.2
+REVIEW_THRESHOLD = 0.5  # the Annotate slider's default
 
 
 @pytest.fixture
@@ -56,6 +56,14 @@ def wait_text(page, selector: str, needle: str) -> str:
     return text
 
 
+def wait_idle(page, selector: str) -> None:
+    """Let an event start, then wait until the component shows no progress overlay."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("(sel) => { const e = document.querySelector(sel);"
+                           " return !!e && !e.innerText.includes('processing') && !e.querySelector('.eta-bar'); }",
+                           arg=selector, timeout=WAIT_MS)
+
+
 def test_prelabel_job_progress_and_review_queue_in_a_real_browser(studio_url, tmp_path):
     data_dir = tmp_path / "data"
     with sync_playwright() as playwright:
@@ -84,15 +92,16 @@ def test_prelabel_job_progress_and_review_queue_in_a_real_browser(studio_url, tm
             with sqlite3.connect(data_dir / "studio.db") as db:
                 names = dict(db.execute("SELECT id, original_name FROM image").fetchall())
 
+            # one event at a time: a handler still running would write back the session it started from
             page.get_by_role("tab", name="Annotate", exact=True).click()
-            slider = page.locator("#annotate-threshold input[type=number]").first
-            slider.fill(str(REVIEW_THRESHOLD))  # the tiny SAM3's proposals (~0.26) shown, and the queue's t
-            slider.press("Enter")
+            page.wait_for_function("() => !document.querySelector('#annotate-image-info').innerText"
+                                   ".includes('No image open')", timeout=WAIT_MS)
+            wait_idle(page, "#annotate-message")  # the tab's refresh has landed
             page.locator("#annotate-status-filter").get_by_text("least certain first").click()
             wait_text(page, "#annotate-message", "least certain first")
             page.wait_for_function("(name) => document.querySelector('#annotate-image input').value.startsWith(name)",
                                    arg=names[queue[0]], timeout=WAIT_MS)
-            wait_text(page, "#annotate-instances", "▶")  # the head's best proposal is selected
+            wait_idle(page, "#annotate-editor")  # the selected proposal (the least certain) is in the editor
             page.locator("body").press("a")  # keyboard: accept it (the image is reviewed and leaves the queue)
             wait_text(page, "#annotate-message", "accepted")
             page.locator("body").press("n")  # keyboard: next in the queue
