@@ -5,6 +5,7 @@
   sam3-lora train --config configs/quick.yaml          # a new run folder each time; --resume continues the last
   sam3-lora evaluate --model facebook/sam3 --adapter runs/x/adapter --annotations a.json --images dir
   sam3-lora predict --image x.png --prompt crack [--adapter dir] --out out/
+  sam3-lora predict --folder photos/ --prompt crack --prompt rust --out proposals.json   # or --coco a.json --images dir
   sam3-lora export --merge --adapter runs/x/adapter --out merged/   # a full Sam3Model folder
   sam3-lora push runs/x/adapter --repo-id you/sam3-lora-cracks       # to the Hugging Face Hub
 
@@ -48,6 +49,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.folder or args.coco:
+        return _predict_many(args)
+    if not args.prompt or len(args.prompt) != 1:
+        raise ValueError("--image takes exactly one --prompt")
+    args.prompt = args.prompt[0]
     from PIL import Image
 
     from sam3_lora.overlay import draw_overlay, instances_to_coco
@@ -64,6 +70,35 @@ def _predict(args: argparse.Namespace) -> int:
     for instance in instances:
         print(f"{instance.phrase}: score {instance.score:.3f} box {[round(v, 1) for v in instance.box]}")
     print(f"{len(instances)} instances; wrote {out / f'{stem}_overlay.png'} and {out / f'{stem}_instances.json'}")
+    return 0
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    """--folder / --coco: every image, every phrase, one COCO file of proposals (sam3_lora.predict_folder)."""
+    from sam3_lora.predict import load_predictor
+    from sam3_lora.predict_folder import coco_items, folder_items, predict_to_coco
+
+    if args.coco:
+        if not args.images:
+            raise ValueError("--coco needs --images, the folder of the images it names")
+        items, categories = coco_items(args.coco, args.images)
+        if args.prompt:  # the given phrases; a COCO category of the same name keeps its id
+            ids = {c["name"]: c["id"] for c in categories}
+            free = iter(range(max(ids.values(), default=0) + 1, 10**9))
+            categories = [{"id": ids.get(p) or next(free), "name": p} for p in args.prompt]
+    else:
+        if not args.prompt:
+            raise ValueError("--folder needs at least one --prompt")
+        items, categories = folder_items(args.folder), [{"id": i, "name": p} for i, p in enumerate(args.prompt, 1)]
+    model, tokenizer = load_predictor(args.model, adapter=args.adapter)
+    with tqdm(total=len(items), unit="image", disable=args.quiet) as bar:
+        result = predict_to_coco(model, tokenizer, items, categories, score_threshold=args.threshold,
+                                 batch=args.batch, on_batch=bar.update)
+    out = Path(args.out)
+    target = out if out.suffix == ".json" else out / "proposals.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result))
+    print(f"{len(result['annotations'])} proposals on {len(result['images'])} images; wrote {target}")
     return 0
 
 
@@ -165,13 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", required=True, help="folder of the images it names")
     evaluate.set_defaults(run=_evaluate)
 
-    predict = commands.add_parser("predict", help="find every instance of a phrase in an image")
-    predict.add_argument("--image", required=True, help="image file")
-    predict.add_argument("--prompt", required=True, help="noun phrase, e.g. 'crack'")
+    predict = commands.add_parser(
+        "predict", help="find every instance of a phrase in an image, or of phrases in a folder / COCO file",
+        description="--image: an overlay PNG and a COCO JSON of one image and one phrase. --folder / --coco: "
+                    "every phrase on every image (one backbone pass per image), one COCO file of proposals "
+                    "with scores (OUT/proposals.json, or OUT itself when it ends in .json), with a progress bar.")
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="one image file")
+    source.add_argument("--folder", help="a folder of images (png, jpg, bmp, webp, tif; not recursive)")
+    source.add_argument("--coco", help="a COCO json whose images to propose for (with --images)")
+    predict.add_argument("--images", help="with --coco: the folder of the images it names")
+    predict.add_argument("--prompt", action="append",
+                         help="noun phrase, e.g. 'crack' (repeatable with --folder / --coco; "
+                              "--coco defaults to its category names)")
     predict.add_argument("--model", default="facebook/sam3", help="hub id or folder of SAM3")
     predict.add_argument("--adapter", help="PEFT adapter folder to apply")
     predict.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
-    predict.add_argument("--out", default="predictions", help="folder for the overlay PNG and COCO JSON")
+    predict.add_argument("--batch", type=int, default=4, help="images per backbone pass (default 4)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--out", default="predictions",
+                         help="output folder (or, with --folder / --coco, a .json file name)")
     predict.set_defaults(run=_predict)
 
     synth = commands.add_parser("synth", help="write a synthetic COCO dataset of coloured shapes")

@@ -12,7 +12,8 @@ built from the run's own numbers:
   pipeline_tag: mask-generation, tags: sam3, lora, ..., base_model:adapter:<id>
   model-index: segm / bbox mAP (and mAP50) after training on the validation split, when measured
   ---
-  how to load it; before/after mAP overall and per concept; the data summary (images,
+  how to load it; before/after mAP overall and per concept; proposals accepted / edited /
+  rejected per earlier model and concept (when the studio counted them); the data summary (images,
   instances per concept, negatives, warnings); loss_curve.png; the effective config (YAML).
 
 `write_model_card` also points the folder's adapter_config.json at the same Hub id (PEFT
@@ -60,6 +61,9 @@ class ModelCardFacts:
     dataset: dict = field(default_factory=dict)
     eval_before: dict | None = None
     eval_after: dict | None = None
+    # {model name: {concept: {"accepted": n, "edited": n, "rejected": n}}}: how people judged the proposals
+    # of the models before this one (the studio counts them; the command line has none)
+    review_outcomes: dict | None = None
 
 
 def _finite(value) -> float | None:
@@ -120,6 +124,25 @@ def _evaluation(facts: ModelCardFacts) -> list[str]:
     return lines + [""]
 
 
+def _review(facts: ModelCardFacts) -> list[str]:
+    """Proposals accepted unchanged / edited / rejected per proposing model and concept; nothing without numbers.
+
+    accepted share = accepted / (accepted + edited + rejected)."""
+    if not facts.review_outcomes:
+        return []
+    lines = ["## Proposals reviewed while labelling", "",
+             "How the people labelling this data judged the proposals of the models before this adapter "
+             "(a higher accepted share means less brush work).", "",
+             "| model | concept | accepted unchanged | edited | rejected | accepted share |", "|---|---|---|---|---|---|"]
+    for model, per_concept in facts.review_outcomes.items():
+        for concept, counts in sorted(per_concept.items()):
+            accepted, edited, rejected = (int(counts.get(key, 0)) for key in ("accepted", "edited", "rejected"))
+            judged = accepted + edited + rejected
+            share = f"{accepted / judged:.0%}" if judged else "-"
+            lines.append(f"| {_cell(model)} | {_cell(concept)} | {accepted} | {edited} | {rejected} | {share} |")
+    return lines + [""]
+
+
 def _data(facts: ModelCardFacts) -> list[str]:
     lines = ["## Data", ""]
     splits = [(name, facts.dataset.get(name)) for name in ("train", "val") if facts.dataset.get(name)]
@@ -150,7 +173,7 @@ def model_card_text(facts: ModelCardFacts, library_name: str = "peft") -> str:
     lines = [f"# {facts.title}", "", f"{what}, fine-tuned for promptable concept segmentation: give it an image and "
              "a noun phrase, it returns every instance of that phrase (mask, box, score).", "",
              f"Status: {facts.status}. Base model: {base}. Licence: the SAM License of the base model.", "",
-             "## Use it", "", *_usage(facts, library_name), "", *_evaluation(facts), *_data(facts),
+             "## Use it", "", *_usage(facts, library_name), "", *_evaluation(facts), *_review(facts), *_data(facts),
              "## Loss curve", "", f"![loss curve]({CURVE_FILE})", "",
              "## Training config", "", "```yaml", yaml.safe_dump(facts.config, sort_keys=False).rstrip(), "```", ""]
     return f"---\n{metadata}\n---\n\n" + "\n".join(lines)

@@ -1,4 +1,6 @@
-"""Run one claimed fine-tune job to its end: `python -m worker.run_job <job_id>`.
+"""Run one claimed job to its end: `python -m worker.run_job <job_id>`. A fine-tune as below; a
+pre-label job (kind "prelabel") goes to worker/run_prelabel.py in this same child process, so it
+shares the claim, heartbeat, cancel, sweeps and shutdown handling of a fine-tune.
 
 The Celery task (worker/tasks.py) claims the job, then starts this module in a child
 process and waits for it; the child's exit returns every byte of GPU memory, which
@@ -34,6 +36,7 @@ from sqlmodel import select
 from app.jobs.lifecycle import beat, finish_job, get_job, record_adapter, set_checkpoint
 from app.jobs.metrics import MetricWriter, delete_metrics_after
 from app.jobs.parent_death import watch_parent
+from app.jobs.prelabel import KIND as PRELABEL
 from app.jobs.recipe import job_train_config
 from app.settings import Settings, load_settings
 from app.store.coco_export import export_coco
@@ -46,7 +49,8 @@ from sam3_lora.adapter_io import replace_folder_atomically
 from sam3_lora.config import TrainConfig
 from sam3_lora.model_card import write_model_card
 from sam3_lora.train import TrainResult, train
-from worker.model_card import job_card_facts
+from worker.model_card import card_review_outcomes, job_card_facts
+from worker.run_prelabel import repropose_after_finetune, run_prelabel
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ class _EventRecorder:
 
 
 def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: TrainResult, partial: bool,
-                    project_name: str = "") -> str:
+                    project_name: str = "", review_outcomes: dict | None = None) -> str:
     """Copy the run's adapter + model card into the media store atomically; returns its relative path.
 
     replace_folder_atomically: written into a temp sibling, fsynced, then swapped into place,
@@ -156,7 +160,7 @@ def publish_adapter(settings: Settings, job: Job, cfg: TrainConfig, result: Trai
 
     def write(temp: Path) -> None:
         shutil.copytree(result.adapter_dir, temp, dirs_exist_ok=True)
-        write_model_card(temp, job_card_facts(settings, job.id, project_name, cfg, result, partial))
+        write_model_card(temp, job_card_facts(settings, job.id, project_name, cfg, result, partial, review_outcomes))
 
     replace_folder_atomically(media_path(settings.media_dir, relative), write)
     return relative
@@ -178,7 +182,8 @@ def _finish(engine: Engine, settings: Settings, job: Job, cfg: TrainConfig, resu
     if result.stopped and not cancelled:
         return ""  # beat said stop without a cancel: the job is no longer this run's
     relative = publish_adapter(settings, job, cfg, result, partial=cancelled,
-                               project_name=get_project(engine, job.project_id).name)
+                               project_name=get_project(engine, job.project_id).name,
+                               review_outcomes=card_review_outcomes(engine, job.project_id))
     if not _adapter_exists(engine, job.id):  # a crash between record and finish must not record twice
         name = f"job-{job.id} (partial, step {result.steps})" if cancelled else f"job-{job.id}"
         record_adapter(engine, job.project_id, job.id, name, relative, base_model=cfg.model.source,
@@ -190,7 +195,8 @@ def _finish(engine: Engine, settings: Settings, job: Job, cfg: TrainConfig, resu
 
 
 def run_job(settings: Settings, job_id: int) -> str:
-    """Train the running job `job_id` to its end; returns the final state it set ("" if none).
+    """Train the running job `job_id` to its end (a pre-label job: worker/run_prelabel.py);
+    returns the final state it set ("" if none).
 
     Any exception fails the job with "<Type>: <message>" and is re-raised.
     """
@@ -199,6 +205,12 @@ def run_job(settings: Settings, job_id: int) -> str:
         job = get_job(engine, job_id)
         if job is None or job.state != "running":
             raise RuntimeError(f"job {job_id} is not running (state {getattr(job, 'state', 'missing')}); claim it first")
+        if job.kind == PRELABEL:
+            try:
+                return run_prelabel(engine, settings, job)
+            except Exception as error:
+                finish_job(engine, job_id, "failed", error=f"{type(error).__name__}: {error}", attempt=job.attempt)
+                raise
         try:
             cfg = build_train_config(job, settings, export_job_data(engine, settings, job))
             beat(engine, job_id, job.step, job.total_steps, attempt=job.attempt)  # export may have been long
@@ -206,11 +218,17 @@ def run_job(settings: Settings, job_id: int) -> str:
                 result = train(cfg, _EventRecorder(engine, job, writer))
             if settings.RANK != 0:
                 return ""
-            return _finish(engine, settings, job, cfg, result)
+            state = _finish(engine, settings, job, cfg, result)
         except Exception as error:
             if settings.RANK == 0:
                 finish_job(engine, job_id, "failed", error=f"{type(error).__name__}: {error}", attempt=job.attempt)
             raise
+        if state == "succeeded":
+            try:
+                repropose_after_finetune(engine, settings, job, cfg.model.source)
+            except Exception:  # the adapter is safe; the user can still re-propose from the Train tab
+                logger.exception("job %d: re-proposing after the fine-tune failed", job_id)
+        return state
     finally:
         engine.dispose()
 

@@ -1,8 +1,10 @@
-"""The fine-tune job's one home (architecture.md, "Data flow of a fine-tune").
+"""The fine-tune (and pre-label) job's one home (architecture.md, "Data flow of a fine-tune").
 
     recipe.py           presets (presets/*.yaml, the same files as configs/), worker-set keys,
                         the job row's config and the TrainConfig a job runs
     lifecycle.py        the job row: submit / claim / beat / cancel / finish / release, the adapter row
+    prelabel.py         the pre-label job: its config, its frozen target images, submit (the same
+                        row machinery and message; worker/run_prelabel.py runs it)
     queue.py            the Celery app factory and the sender (by task name, never by import)
     sweep.py            re-send lost messages, re-queue jobs whose worker stopped beating or died
     metrics.py          metric rows: the worker appends, the UI polls

@@ -87,15 +87,23 @@ def _snapshot_json(snapshot: list) -> str:
 
 
 def create_job(engine: Engine, project_id: int, config: dict, snapshot: list) -> Job:
-    """Insert a `queued` job (enqueued_at NULL) with its frozen config and dataset snapshot.
+    """Insert a `queued` fine-tune job (enqueued_at NULL) with its frozen config and dataset snapshot.
 
     Refused (JobError) when the project does not exist or already has a queued or running
-    job. The check and the insert share one write transaction that first locks the
+    job (insert_job).
+    """
+    return insert_job(engine, project_id, "train", _config_json(config), _snapshot_json(snapshot))
+
+
+def insert_job(engine: Engine, project_id: int, kind: str, config_json: str, snapshot_json: str) -> Job:
+    """Insert a `queued` job of `kind` (train | prelabel) unless the project has an active one.
+
+    The check and the insert share one write transaction that first locks the
     project row (BEGIN IMMEDIATE on SQLite; SELECT ... FOR UPDATE on PostgreSQL, where
     READ COMMITTED alone would let two clicks both read "no active job"), so two clicks
-    cannot both pass it.
+    cannot both pass it. One active job per project: a pre-label run and a fine-tune never
+    read and write the same labels at once.
     """
-    config_json, snapshot_json = _config_json(config), _snapshot_json(snapshot)
     with write_session(engine) as session:
         if session.exec(select(Project.id).where(Project.id == project_id).with_for_update()).first() is None:
             raise JobError(f"project {project_id} does not exist")
@@ -107,7 +115,7 @@ def create_job(engine: Engine, project_id: int, config: dict, snapshot: list) ->
                 f"project {project_id} already has job {active.id} ({active.state}); "
                 "cancel it or wait for it to finish before starting another"
             )
-        job = Job(project_id=project_id, config_json=config_json, dataset_snapshot=snapshot_json)
+        job = Job(project_id=project_id, kind=kind, config_json=config_json, dataset_snapshot=snapshot_json)
         session.add(job)
         session.flush()
     return job

@@ -175,13 +175,14 @@ def _record_conflict(engine: Engine, attempt: Annotation, conflict: RevisionConf
 def save_annotation(
     engine: Engine, *, image_id: int, concept_id: int, rle: dict, annotation_id: int | None = None,
     base_revision: int | None = None, source: str = "human", score: float | None = None,
-    iscrowd: bool = False, author: str = "",
+    iscrowd: bool = False, author: str = "", proposed_by: str = "",
 ) -> Annotation:
     """Create (annotation_id None: revision 1) or edit (base_revision = the revision the
     client edited: revision + 1) an annotation, append a "saved" history row in the same
     transaction, and update the image's status. A stale base_revision raises
     RevisionConflict after recording the attempt as a "conflict" history row. Saving a
-    deleted annotation at its current revision restores it."""
+    deleted annotation at its current revision restores it. `proposed_by` ("base" | "adapter:<id>")
+    names the model of a new source="model" annotation; an edit keeps the value it had."""
     _check_source_and_score(source, score)
     if annotation_id is None and base_revision is not None:
         raise ValueError("base_revision is only for edits: pass annotation_id too, or neither for a new annotation")
@@ -205,7 +206,7 @@ def save_annotation(
             if concept is None or concept.project_id != image.project_id:
                 raise ValueError(f"concept {concept_id} is not a concept of image {image_id}'s project {image.project_id}")
             if annotation_id is None:
-                annotation = Annotation(image_id=image_id, revision=1, **values)
+                annotation = Annotation(image_id=image_id, revision=1, proposed_by=proposed_by, **values)
                 session.add(annotation)
                 session.flush()
             else:

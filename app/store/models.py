@@ -18,6 +18,9 @@ def utcnow() -> datetime:
 class Project(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(index=True, unique=True)
+    # after a fine-tune succeeds: "ask" (the Train tab offers to re-propose the unreviewed
+    # images with the new adapter) | "auto" (the worker submits that pre-label job itself)
+    prelabel_after_finetune: str = Field(default="ask", sa_column_kwargs={"server_default": "ask"})
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -73,6 +76,9 @@ class Annotation(SQLModel, table=True):
     iscrowd: bool = False
     source: str = "human"  # human | model | import
     score: float | None = None
+    # the model that first proposed it ("base" | "adapter:<id>"; "" for human / imported shapes);
+    # kept through edits, so review outcomes count per adapter (app/store/proposal_outcomes.py)
+    proposed_by: str = Field(default="", sa_column_kwargs={"server_default": ""})
     revision: int = 1
     deleted: bool = False
     updated_at: datetime = Field(default_factory=utcnow)
@@ -96,11 +102,16 @@ class AnnotationHistory(SQLModel, table=True):
 
 
 class Job(SQLModel, table=True):
-    """A fine-tune. The row, not the broker, is the source of truth (architecture.md)."""
+    """A fine-tune or a pre-label run. The row, not the broker, is the source of truth (architecture.md).
+
+    kind "train": dataset_snapshot = [[annotation_id, revision], ...]; kind "prelabel":
+    dataset_snapshot = [image_id, ...], the images it proposes for (app/jobs/prelabel.py).
+    """
 
     __table_args__ = (Index("ix_job_state_heartbeat", "state", "heartbeat_at"),)
     id: int | None = Field(default=None, primary_key=True)
     project_id: int = Field(foreign_key="project.id", index=True, ondelete="CASCADE")
+    kind: str = Field(default="train", sa_column_kwargs={"server_default": "train"})  # train | prelabel
     state: str = "queued"  # queued | running | succeeded | failed | cancelled
     config_json: str = Field(sa_column=Column(Text, nullable=False))
     dataset_snapshot: str = Field(sa_column=Column(Text, nullable=False))  # JSON [[annotation_id, revision], ...]
@@ -143,4 +154,18 @@ class Adapter(SQLModel, table=True):
     path: str  # relative to the media folder
     base_model: str = ""
     metrics_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PrelabelMark(SQLModel, table=True):
+    """One image done by a pre-label job, written in the same transaction as its proposals:
+    a resumed job skips marked images, and the (job, image) key refuses a second write."""
+
+    __table_args__ = (UniqueConstraint("job_id", "image_id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", ondelete="CASCADE")
+    image_id: int = Field(foreign_key="image.id", index=True, ondelete="CASCADE")
+    proposals: int = 0  # proposals written (0 too when the image was reviewed meanwhile and left alone)
+    skipped: bool = False  # the image was reviewed by the time its turn came: nothing written
+    presence_json: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))  # {concept_id: p}
     created_at: datetime = Field(default_factory=utcnow)

@@ -13,14 +13,15 @@ import gradio as gr
 
 from app.store import projects
 from app.store.image_order import neighbour_image_id
+from app.store.review_queue import LEAST_CERTAIN, least_certain_proposal, queue_neighbour
 from app.studio import Studio
 from app.ui.annotate_view import (
-    ALL_STATUSES, copy_session, new_session, render, select, status_filter_value,
+    ALL_STATUSES, DEFAULT_THRESHOLD, copy_session, new_session, render, select, status_filter_value,
 )
 from app.ui.messages import refusal
 from app.ui.proposal_choices import BASE_CHOICE, proposal_model_choices
 
-STATUS_FILTERS = (ALL_STATUSES, *projects.IMAGE_STATUSES)
+STATUS_FILTERS = (ALL_STATUSES, *projects.IMAGE_STATUSES, LEAST_CERTAIN)  # the last: app.store.review_queue
 
 
 def _project_id(value: Any) -> int | None:
@@ -34,7 +35,7 @@ def open_project(studio: Studio, session: dict[str, Any], threshold: float | Non
     session["status_filter"], session["undo"] = old["status_filter"], old["undo"]
     if session["project_id"] is None:
         return render(studio, session, threshold, "Choose a project under Projects & Data.")
-    session["image_id"] = neighbour_image_id(studio.engine, session["project_id"], None, 1, status_filter_value(session))
+    session["image_id"] = _neighbour(studio, session, threshold, 1, from_head=True)
     if session["image_id"] is None and status_filter_value(session) is not None:  # none in the filter: show all
         session["status_filter"] = ALL_STATUSES
         session["image_id"] = neighbour_image_id(studio.engine, session["project_id"], None, 1)
@@ -62,15 +63,33 @@ def step_image(studio: Studio, session: dict[str, Any], threshold: float | None,
     session = copy_session(session)
     if session.get("project_id") is None:
         return render(studio, session, threshold, refusal("", "choose a project first"), editor=False)
-    target = neighbour_image_id(studio.engine, session["project_id"], session.get("image_id"), step,
-                                status_filter_value(session))
+    target = _neighbour(studio, session, threshold, step)
     if target is None:
         end = "last" if step > 0 else "first"
         return render(studio, session, threshold, f"This is the {end} image of the '{session['status_filter']}' list.",
                       editor=False)
     session["image_id"] = target
-    select(session, None)
+    select(session, _queue_selection(studio, session, threshold))
     return render(studio, session, threshold, "")
+
+
+def _queue_selection(studio: Studio, session: dict[str, Any], threshold: float | None):
+    """In the review queue, the open image's least certain proposal (ready for a / r), shown even when it
+    scores below the threshold; elsewhere nothing."""
+    if session.get("status_filter") != LEAST_CERTAIN or session.get("image_id") is None:
+        return None
+    return least_certain_proposal(studio.engine, int(session["image_id"]),
+                                  DEFAULT_THRESHOLD if threshold is None else threshold)
+
+
+def _neighbour(studio: Studio, session: dict[str, Any], threshold: float | None, step: int,
+               from_head: bool = False) -> int | None:
+    """The next / previous image of the filter: upload order, or the review queue for LEAST_CERTAIN."""
+    current = None if from_head else session.get("image_id")
+    if session.get("status_filter") == LEAST_CERTAIN:
+        return queue_neighbour(studio.engine, session["project_id"], current, step,
+                               DEFAULT_THRESHOLD if threshold is None else threshold)
+    return neighbour_image_id(studio.engine, session["project_id"], current, step, status_filter_value(session))
 
 
 def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float | None, status_filter: str | None) -> tuple:
@@ -79,6 +98,14 @@ def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float 
     if status_filter not in STATUS_FILTERS:
         return render(studio, session, threshold, refusal("", f"unknown status filter {status_filter!r}"), editor=False)
     session["status_filter"] = status_filter
+    if status_filter == LEAST_CERTAIN and session.get("project_id") is not None:  # open the head of the queue
+        head = _neighbour(studio, session, threshold, 1, from_head=True)
+        if head is None:
+            return render(studio, session, threshold, "No image awaits review: no unreviewed proposals in this project.",
+                          editor=False)
+        session["image_id"] = head
+        select(session, _queue_selection(studio, session, threshold))
+        return render(studio, session, threshold, "Least certain first: the image the model is least sure of.")
     status = status_filter_value(session)
     if session.get("project_id") is None or status is None or session.get("image_id") is None:
         return render(studio, session, threshold, "", editor=False)

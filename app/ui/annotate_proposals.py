@@ -23,6 +23,7 @@ import numpy as np
 from app.store.adapters import AdapterNotFound
 from app.store.annotations import RevisionConflict, delete_annotation, list_annotations, save_annotation
 from app.store.masks import mask_to_rle
+from app.store.proposals import proposer_label
 from app.store.models import Annotation, Concept
 from app.studio import Studio
 from app.ui.annotate_edits import conflict_message
@@ -122,7 +123,8 @@ def find_all(
             continue
         try:
             saved = save_annotation(studio.engine, image_id=image.id, concept_id=concept.id, rle=mask_to_rle(instance.mask),
-                                    source="model", score=min(max(instance.score, 0.0), 1.0), author="find all")
+                                    source="model", score=min(max(instance.score, 0.0), 1.0), author="find all",
+                                    proposed_by=proposer_label(model_choice))
         except ValueError as error:  # e.g. the concept was deleted meanwhile: keep what is saved, say why
             failure = " " + refusal("the other proposals were not saved", error)
             break

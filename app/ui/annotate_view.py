@@ -25,6 +25,7 @@ from PIL import Image as PILImage
 from app.store import projects
 from app.store.annotations import list_annotations
 from app.store.image_order import image_choices, image_position
+from app.store.review_queue import LEAST_CERTAIN
 from app.store.masks import rle_from_json, rle_to_mask
 from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
@@ -112,7 +113,10 @@ def annotation_mask(annotation: Annotation) -> np.ndarray:
 
 
 def status_filter_value(session: dict[str, Any]) -> str | None:
+    """The image status the filter lists (the review queue, "least certain first", lists the proposed images)."""
     value = session.get("status_filter")
+    if value == LEAST_CERTAIN:
+        return "proposed"
     return None if value in (None, "", ALL_STATUSES) else value
 
 

@@ -9,6 +9,7 @@ import gradio as gr
 from app.studio import Studio
 from app.ui import models_handlers as handlers
 from app.ui.curves import SERIES_COLOURS, curve_frame
+from app.ui.review_outcomes import outcomes_markdown
 
 
 def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, proposal_model: gr.Dropdown) -> None:
@@ -45,6 +46,7 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
                     push_button = gr.Button("Push adapter to the Hub", elem_id="models-push")
         with gr.Column(scale=3, min_width=420):
             details = gr.Markdown(elem_id="models-details")
+            outcomes = gr.Markdown(elem_id="models-outcomes")
     curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
                         label="Loss curve of its job: train (dark), val (light)", x_title="step", y_title="loss",
                         color_title="", elem_id="models-curve")
@@ -57,6 +59,9 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
     refresh_button.click(show, [project, choice], [adapters, choice, *shown])
     if isinstance(tab, gr.Tab):
         tab.select(show, [project, choice], [adapters, choice, *shown])
+    show_outcomes = partial(outcomes_markdown, studio)
+    for event in (demo.load, project.change, refresh_button.click, *([tab.select] if isinstance(tab, gr.Tab) else [])):
+        event(show_outcomes, [project], [outcomes])
     choice.input(partial(handlers.pick_adapter, studio), [project, choice], shown)
     choice.change(lambda: gr.update(value=None, interactive=False), None, merged_download)  # it was of another
     merge_button.click(partial(handlers.merged_model_zip, studio), [project, choice], [merged_download, message])

@@ -14,7 +14,9 @@ from sqlalchemy import Engine
 
 from app.jobs.progress import as_utc, steps_per_second
 from app.store.adapters import adapter_metrics, adapter_of_job, map_before_after
+from app.jobs.prelabel import KIND as PRELABEL
 from app.store.models import Job
+from app.store.proposals import prelabel_counts
 
 JOB_HEADERS = ["Job", "State", "Progress", "Step", "ETA", "Started (UTC)", "Error"]
 ERROR_CHARS_IN_TABLE = 120
@@ -68,8 +70,13 @@ def job_rows(engine: Engine, jobs: list[Job]) -> list[list]:
     return rows
 
 
+def job_name(job: Job) -> str:
+    """'Job 3' for a fine-tune, 'Pre-label job 4' for a pre-label run."""
+    return f"Pre-label job {job.id}" if job.kind == PRELABEL else f"Job {job.id}"
+
+
 def job_choices(jobs: list[Job]) -> list[tuple[str, int]]:
-    return [(f"Job {job.id} · {state_label(job)}", job.id) for job in jobs]
+    return [(f"{job_name(job)} · {state_label(job)}", job.id) for job in jobs]
 
 
 def progress_html(job: Job | None, rate: float | None = None) -> str:
@@ -77,9 +84,10 @@ def progress_html(job: Job | None, rate: float | None = None) -> str:
     if job is None:
         return '<div class="train-progress-label">No fine-tune yet.</div>'
     percent = progress_percent(job)
-    label = f"Job {job.id} · {state_label(job)}"
+    label = f"{job_name(job)} · {state_label(job)}"
     if job.total_steps:
-        label += f" · step {job.step} / {job.total_steps} ({percent:.0f}%)"
+        unit = "image" if job.kind == PRELABEL else "step"
+        label += f" · {unit} {job.step} / {job.total_steps} ({percent:.0f}%)"
     eta = eta_seconds(job, rate)
     if eta is not None:
         label += f" · ETA {format_duration(eta)}"
@@ -109,15 +117,29 @@ def job_outcome(engine: Engine, job: Job | None) -> str:
     if job.state == "queued":
         waiting = (" It has not reached the queue yet (broker unreachable); it is sent again every 30 s."
                    if job.enqueued_at is None else " It starts when a worker is free.")
-        return f"Job {job.id} is queued.{waiting}"
+        return f"{job_name(job)} is queued.{waiting}"
     if job.state == "running":
         note = " Cancel requested: it stops after the current step." if job.cancel_requested else ""
-        return f"Job {job.id} is running (attempt {job.attempt}).{note}"
+        return f"{job_name(job)} is running (attempt {job.attempt}).{note}"
     if job.state == "failed":
-        return f"**Job {job.id} failed:** {html.escape(job.error or 'no reason recorded')}"
+        return f"**{job_name(job)} failed:** {html.escape(job.error or 'no reason recorded')}"
+    if job.kind == PRELABEL:
+        return prelabel_outcome(engine, job)
     adapter = adapter_of_job(engine, job.id)
     head = (f"Job {job.id} finished." if job.state == "succeeded"
             else f"Job {job.id} was cancelled at step {job.step}.")
     if adapter is None:
         return head + " No adapter was saved."
-    return f"{head} Adapter **{html.escape(adapter.name)}** (see Models).\n\n{map_table(adapter_metrics(adapter))}"
+    offer = ("\n\nTo re-propose the unreviewed images with it, choose it under **Pre-label** below and click "
+             "*Propose for unlabelled images* (or set *After a fine-tune* to automatic)." if job.state == "succeeded" else "")
+    return f"{head} Adapter **{html.escape(adapter.name)}** (see Models).\n\n{map_table(adapter_metrics(adapter))}{offer}"
+
+
+def prelabel_outcome(engine: Engine, job: Job) -> str:
+    """Markdown of a finished pre-label job: images proposed for, skipped, proposals written."""
+    proposed, skipped, proposals = prelabel_counts(engine, job.id)
+    head = f"Pre-label job {job.id} finished." if job.state == "succeeded" else \
+        f"Pre-label job {job.id} was cancelled after {job.step} of {job.total_steps} images."
+    skipped_note = f" {skipped} image(s) were reviewed meanwhile and left alone." if skipped else ""
+    return (f"{head} {proposals} proposal(s) on {proposed} image(s).{skipped_note} "
+            "Review them in Annotate, least certain first.")

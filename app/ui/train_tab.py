@@ -13,6 +13,7 @@ import gradio as gr
 
 from app.jobs.recipe import DEFAULT_PRESET, PRESET_NAMES, WORKER_KEYS, preset_values
 from app.studio import Studio
+from app.ui import prelabel_handlers as prelabel
 from app.ui import train_handlers as handlers
 from app.ui.curves import CURVE_TERMS, SERIES_COLOURS, TERM_LABELS, curve_frame
 from app.ui.train_form import FieldSpec, display_value, field_specs
@@ -73,6 +74,21 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
                 cancel_button = gr.Button("Cancel job", variant="stop", interactive=False, elem_id="train-cancel")
             message = gr.Markdown(elem_id="train-message")
 
+    with gr.Accordion("Pre-label: propose for every unlabelled image", open=False, elem_id="prelabel"):
+        with gr.Row():
+            prelabel_model = gr.Dropdown(label="Model", choices=[], value=None, elem_id="prelabel-model", scale=2)
+            prelabel_split = gr.Radio(list(prelabel.SPLITS), value="all", label="Split", elem_id="prelabel-split")
+            prelabel_concepts = gr.CheckboxGroup([], label="Concepts (none = all)", elem_id="prelabel-concepts")
+        with gr.Row():
+            prelabel_replace = gr.Checkbox(True, label="Also re-propose images whose proposals are not reviewed yet",
+                                           elem_id="prelabel-replace")
+            prelabel_threshold = gr.Number(prelabel.DEFAULT_THRESHOLD, minimum=0, maximum=1, step=0.05,
+                                           label="Keep proposals scoring at least", elem_id="prelabel-threshold")
+            prelabel_after = gr.Radio(list(prelabel.AFTER_FINETUNE), value="ask", label="After a fine-tune",
+                                      elem_id="prelabel-after")
+        prelabel_counts = gr.Markdown(elem_id="prelabel-counts")
+        prelabel_start = gr.Button("Propose for unlabelled images", variant="primary", elem_id="prelabel-start")
+
     gr.Markdown("### Jobs")
     with gr.Row():
         job_choice = gr.Dropdown(label="Show job", choices=[], value=None, scale=1, elem_id="train-job")
@@ -103,5 +119,16 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
     cancel_button.click(partial(handlers.cancel_job, studio), [project, job_choice, view, terms], [message, *view_outputs])
     job_choice.input(partial(handlers.pick_job, studio), [project, job_choice, view, terms], view_outputs)
     terms.input(handlers.pick_terms, [view, terms], [curve])
+    prelabel_outputs = [prelabel_model, prelabel_concepts, prelabel_after, prelabel_counts]
+    form = partial(prelabel.prelabel_form, studio)
+    demo.load(form, [project], prelabel_outputs)
+    project.change(form, [project], prelabel_outputs)
+    if isinstance(tab, gr.Tab):
+        tab.select(form, [project], prelabel_outputs)
+    prelabel_start.click(
+        partial(prelabel.start_prelabel, studio),
+        [project, prelabel_model, prelabel_split, prelabel_concepts, prelabel_replace, prelabel_threshold, view, terms],
+        [message, *view_outputs])
+    prelabel_after.input(partial(prelabel.set_after_finetune, studio), [project, prelabel_after], [message])
     timer.tick(partial(handlers.tick, studio), [project, job_choice, view, terms], view_outputs,
                show_progress="hidden", queue=False)

@@ -111,3 +111,13 @@ def test_model_base_model_must_be_a_hub_id():
     with pytest.raises(ConfigError, match="model.base_model: must be a Hub id"):
         TrainConfig.from_dict({"model": {"source": "/m", "base_model": "/models/sam3"}, "data": data,
                                "schedule": {"max_steps": 1}})
+
+
+def test_review_outcomes_of_earlier_models_are_a_table_only_when_given(adapter_folder):
+    outcomes = {"base SAM3": {"crack": {"accepted": 1, "edited": 2, "rejected": 1}},
+                "adapter job-2 (#2)": {"crack": {"accepted": 6, "edited": 1, "rejected": 1}}}
+    text = ModelCard.load(write_model_card(adapter_folder, facts(review_outcomes=outcomes))).text
+    assert "## Proposals reviewed while labelling" in text
+    assert "| base SAM3 | crack | 1 | 2 | 1 | 25% |" in text
+    assert "| adapter job-2 (#2) | crack | 6 | 1 | 1 | 75% |" in text
+    assert "Proposals reviewed" not in ModelCard.load(write_model_card(adapter_folder, facts())).text

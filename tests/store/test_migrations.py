@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 from app.store.annotations import delete_annotation, save_annotation
 from app.store.db import make_engine, write_session
 from app.store.migrate import alembic_config, current_revision, downgrade_database, upgrade_database
-from app.store.models import Adapter, Job, Metric
+from app.store.models import Adapter, Job, Metric, PrelabelMark
 from app.store.projects import add_concept, create_project
 from tests.store.conftest import add_image, box_rle
 
@@ -34,8 +34,8 @@ def schema_differences(engine: Engine) -> list:
 
 
 def test_migrated_schema_matches_the_models(engine):
-    assert head_revision() == "0003"
-    assert current_revision(engine.url.render_as_string(hide_password=False)) == "0003"
+    assert head_revision() == "0004"
+    assert current_revision(engine.url.render_as_string(hide_password=False)) == "0004"
     assert schema_differences(engine) == []
 
 
@@ -48,7 +48,8 @@ def test_alembic_command_from_repo_root_creates_the_data_dir(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr
     assert "Running upgrade 0001 -> 0002" in completed.stderr and "Running upgrade 0002 -> 0003" in completed.stderr
-    assert current_revision(f"sqlite:///{data_dir / 'studio.db'}") == "0003"
+    assert "Running upgrade 0003 -> 0004" in completed.stderr
+    assert current_revision(f"sqlite:///{data_dir / 'studio.db'}") == "0004"
 
 
 def test_concurrent_upgrades_of_a_fresh_database_all_succeed(tmp_path):
@@ -58,7 +59,7 @@ def test_concurrent_upgrades_of_a_fresh_database_all_succeed(tmp_path):
                for _ in range(3)]
     errors = [runner.communicate(timeout=120)[1] for runner in runners]
     assert [runner.returncode for runner in runners] == [0, 0, 0], errors
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
 
 
 def populate(engine: Engine) -> None:
@@ -84,6 +85,7 @@ def populate(engine: Engine) -> None:
         session.flush()
         session.add_all([Metric(job_id=job.id, step=step, name="loss", value=1.0 / (step + 1)) for step in range(5)])
         session.add(Adapter(project_id=project.id, job_id=job.id, name="v1", path="adapters/1"))
+        session.add(PrelabelMark(job_id=job.id, image_id=images[0].id, proposals=2, presence_json='{"1": 0.5}'))
 
 
 def all_rows(engine: Engine) -> dict[str, list[tuple]]:
@@ -93,6 +95,9 @@ def all_rows(engine: Engine) -> dict[str, list[tuple]]:
 
 
 NEW_IN_0003 = {"concept": ("coco_id", "supercategory"), "image": ("coco_id",)}
+NEW_IN_0004 = {"job": ("kind",), "annotation": ("proposed_by",), "project": ("prelabel_after_finetune",),
+               "prelabelmark": ("*",)}
+NEW_SINCE_0003 = {**NEW_IN_0003, **NEW_IN_0004}
 
 
 def rows_without(engine: Engine, dropped: dict[str, tuple[str, ...]]) -> dict[str, list[tuple]]:
@@ -102,14 +107,15 @@ def rows_without(engine: Engine, dropped: dict[str, tuple[str, ...]]) -> dict[st
             table.name: [tuple(row) for row in connection.execute(
                 select(*[c for c in table.columns if c.name not in dropped.get(table.name, ())])
                 .order_by(*table.primary_key))]
-            for table in SQLModel.metadata.sorted_tables
+            for table in SQLModel.metadata.sorted_tables if "*" not in dropped.get(table.name, ())
         }
 
 
 def rows_without_columns(rows: dict[str, list[tuple]], dropped: dict[str, tuple[str, ...]]) -> dict[str, list[tuple]]:
     keep = {table.name: [i for i, c in enumerate(table.columns) if c.name not in dropped.get(table.name, ())]
             for table in SQLModel.metadata.sorted_tables}
-    return {name: [tuple(row[i] for i in keep[name]) for row in table_rows] for name, table_rows in rows.items()}
+    return {name: [tuple(row[i] for i in keep[name]) for row in table_rows] for name, table_rows in rows.items()
+            if "*" not in dropped.get(name, ())}
 
 
 def test_downgrade_and_upgrade_keep_every_row(tmp_path):
@@ -120,8 +126,16 @@ def test_downgrade_and_upgrade_keep_every_row(tmp_path):
     before = all_rows(engine)
     assert {name: len(rows) for name, rows in before.items()} == {
         "project": 1, "concept": 2, "image": 3, "annotation": 2, "annotationhistory": 5,
-        "job": 1, "metric": 5, "adapter": 1,
+        "job": 1, "metric": 5, "adapter": 1, "prelabelmark": 1,
     }
+    engine.dispose()
+
+    downgrade_database(url, "-1")
+    assert current_revision(url) == "0003"
+    engine = make_engine(url)
+    assert "prelabelmark" not in inspect(engine).get_table_names()
+    assert "kind" not in {column["name"] for column in inspect(engine).get_columns("job")}
+    assert rows_without(engine, NEW_IN_0004) == rows_without_columns(before, NEW_IN_0004)
     engine.dispose()
 
     downgrade_database(url, "-1")
@@ -129,7 +143,7 @@ def test_downgrade_and_upgrade_keep_every_row(tmp_path):
     engine = make_engine(url)
     assert "coco_id" not in {column["name"] for column in inspect(engine).get_columns("concept")}
     assert "coco_id" not in {column["name"] for column in inspect(engine).get_columns("image")}
-    assert rows_without(engine, NEW_IN_0003) == rows_without_columns(before, NEW_IN_0003)
+    assert rows_without(engine, NEW_SINCE_0003) == rows_without_columns(before, NEW_SINCE_0003)
     engine.dispose()
 
     downgrade_database(url, "0001")
@@ -137,12 +151,13 @@ def test_downgrade_and_upgrade_keep_every_row(tmp_path):
     engine = make_engine(url)
     index_names = {index["name"] for index in inspect(engine).get_indexes("annotation")}
     assert "ix_annotation_image_id_deleted" not in index_names
-    assert rows_without(engine, NEW_IN_0003) == rows_without_columns(before, NEW_IN_0003)
+    assert rows_without(engine, NEW_SINCE_0003) == rows_without_columns(before, NEW_SINCE_0003)
     engine.dispose()
 
     upgrade_database(url)
     engine = make_engine(url)
-    assert current_revision(url) == "0003"
-    assert all_rows(engine) == before
+    assert current_revision(url) == "0004"
+    marks = {"prelabelmark": ("*",)}  # dropped with their table: a job's resume record, not anyone's labels
+    assert rows_without(engine, marks) == rows_without_columns(before, marks)
     assert schema_differences(engine) == []
     engine.dispose()
