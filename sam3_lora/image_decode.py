@@ -24,7 +24,7 @@ def decode_rgb(path: str | Path, size: int) -> np.ndarray:
     with Image.open(path) as image:
         if image.format == "JPEG" and min(image.size) >= 2 * size:
             image.draft("RGB", (size, size))
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))  # writable: torch.from_numpy warns on a read-only array
 
 
 def load_model_pixels(path: str | Path, size: int) -> torch.Tensor:
