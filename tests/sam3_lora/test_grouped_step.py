@@ -102,3 +102,30 @@ def test_vit_checkpointing_gives_the_same_gradients(tiny_model_dir, image_batch)
     assert checkpointed_terms == plain_terms
     for name in plain_grads:
         torch.testing.assert_close(checkpointed_grads[name], plain_grads[name], rtol=1e-6, atol=1e-8, msg=name)
+
+
+def test_backbone_cache_reuses_an_images_features(tiny_model_dir, image_batch):
+    base, _ = load_sam3(tiny_model_dir)
+    model = GroupedSam3(apply_lora(base, LoraSettings(components="decoder", rank=4, dropout=0.0)),
+                        cache_backbone=True).train()
+    passes = []
+    base.vision_encoder.register_forward_hook(lambda module, args, output: passes.append(args[0].shape[0]))
+    inputs = {name: image_batch[name] for name in ("pixel_values", "input_ids", "attention_mask", "image_index",
+                                                   "image_keys")}
+    torch.manual_seed(0)  # SAM3's own dropout (DETR layers) is on in training mode
+    first = model(**inputs)
+    torch.manual_seed(0)
+    second = model(**inputs)  # a later epoch: features from the cache
+    assert passes == [2] and len(model.feature_cache) == 2
+    torch.testing.assert_close(second.pred_masks, first.pred_masks, rtol=0, atol=0)
+    one_image = {**inputs, "pixel_values": inputs["pixel_values"][1:], "image_keys": inputs["image_keys"][1:],
+                 "image_index": torch.zeros(int((inputs["image_index"] == 1).sum()), dtype=torch.long),
+                 "input_ids": inputs["input_ids"][inputs["image_index"] == 1],
+                 "attention_mask": inputs["attention_mask"][inputs["image_index"] == 1]}
+    model.eval()  # no dropout: the one-image batch draws differently
+    alone = model(**one_image)
+    assert passes == [2, 1]  # not cached in eval mode (validation)
+    model.train()
+    alone_cached = model(**one_image)
+    assert passes == [2, 1]
+    assert alone_cached.pred_masks.shape == alone.pred_masks.shape
