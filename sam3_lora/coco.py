@@ -73,6 +73,23 @@ def resize_masks_nearest(masks: torch.Tensor, height: int, width: int) -> torch.
     return masks.index_select(-2, rows).index_select(-1, columns)
 
 
+def rles_at_size(rles: list[dict], size: int) -> torch.Tensor:
+    """Compressed RLEs (T >= 1, one image) -> bool masks [T,size,size], as masks_at_size of their decoded masks.
+
+    pycocotools decodes to [H,W,T] in column-major order; the size x size nearest samples
+    are taken from it directly (np.ix_), so the full-resolution masks are never transposed,
+    copied or converted (at 12 MP that copy alone cost more than the decode).
+    """
+    decoded = mask_utils.decode(rles)  # [H,W,T] uint8
+    rows = nearest_indices(decoded.shape[0], size).numpy()
+    columns = nearest_indices(decoded.shape[1], size).numpy()
+    sampled = torch.from_numpy(np.ascontiguousarray(decoded[np.ix_(rows, columns)].transpose(2, 0, 1))).bool()
+    lost = (~sampled.flatten(1).any(dim=1)).nonzero().flatten()
+    if len(lost):  # rare (objects below one model pixel): the exact fallback of masks_at_size
+        sampled[lost] = masks_at_size(decoded[:, :, lost.numpy()].transpose(2, 0, 1), size)
+    return sampled
+
+
 def masks_at_size(masks: np.ndarray, size: int) -> torch.Tensor:
     """uint8 masks [T,H,W] (T >= 1) -> bool [T,size,size], nearest; a mask that vanishes keeps its best-covered pixel."""
     source = torch.from_numpy(np.ascontiguousarray(masks))

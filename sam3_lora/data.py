@@ -37,7 +37,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3_lora.augment import AugmentSettings, augment_find_query, mask_boxes_cxcywh
-from sam3_lora.coco import DatasetError, annotation_rle, load_coco, masks_at_size
+from sam3_lora.coco import DatasetError, annotation_rle, load_coco, rles_at_size
 from sam3_lora.image_decode import load_model_pixels
 from sam3_lora.model import tokenize_phrases
 
@@ -278,7 +278,7 @@ class FindQueryDataset(Dataset):
         pixels = load_model_pixels(record.path, self.image_size)
         rles = record.instances.get(query.category_id, []) if query.positive else []
         if rles:
-            masks = masks_at_size(mask_utils.decode(rles).transpose(2, 0, 1), self.image_size)
+            masks = rles_at_size(rles, self.image_size)
         else:
             masks = torch.zeros((0, self.image_size, self.image_size), dtype=torch.bool)
         if self.augment is not None:

@@ -19,11 +19,10 @@ targets: B dicts {boxes [T_i,4] cxcywh, masks [T_i,S,S] bool, image_id, category
 from __future__ import annotations
 
 import torch
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from sam3_lora.augment import AugmentSettings, augment_image_and_masks, drop_empty_masks, mask_boxes_cxcywh
-from sam3_lora.coco import masks_at_size
+from sam3_lora.coco import rles_at_size
 from sam3_lora.data import FindQueryDataset, seeded_generator
 from sam3_lora.image_decode import load_model_pixels
 
@@ -55,7 +54,7 @@ class ImageGroupDataset(Dataset):
             spans.append((len(rles), len(rles) + len(own)))
             rles.extend(own)
         if rles:
-            masks = masks_at_size(mask_utils.decode(rles).transpose(2, 0, 1), size)
+            masks = rles_at_size(rles, size)
         else:
             masks = torch.zeros((0, size, size), dtype=torch.bool)
         if self.augment is not None:
