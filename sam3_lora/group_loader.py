@@ -11,9 +11,12 @@ LoRA dropout and point sampling use (a draw there would make a resumed run diffe
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import random
+import signal
 
 import numpy as np
 import torch
@@ -55,8 +58,25 @@ class EpochBatchSampler(Sampler):
         return max(0, -(-len(self.sampler) // self.batch_size) - self.start_batch)
 
 
-def _seed_worker(worker_id: int) -> None:
-    """python / numpy RNGs of a worker from its torch seed (base seed from the loader's generator + worker id)."""
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no prctl outside Linux
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(trainer_pid: int, worker_id: int) -> None:
+    """Seed a worker's python / numpy RNGs from its torch seed (the loader's generator + worker id), and
+    make it die with the training process (Linux PR_SET_PDEATHSIG): a trainer stopped by SIGTERM or
+    SIGKILL leaves no loader process behind (torch's own check notices only every few seconds)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != trainer_pid:  # the trainer died before prctl: no signal will come
+            os._exit(0)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -76,7 +96,8 @@ def build_group_loader(dataset: ImageGroupDataset, batch_size: int, seed: int, n
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     workers = {"prefetch_factor": PREFETCH_BATCHES_PER_WORKER, "persistent_workers": True} if num_workers > 0 else {}
     return DataLoader(dataset, batch_sampler=EpochBatchSampler(sampler, batch_size), num_workers=num_workers,
-                      collate_fn=collate_image_groups, pin_memory=pin_memory, worker_init_fn=_seed_worker,
+                      collate_fn=collate_image_groups, pin_memory=pin_memory,
+                      worker_init_fn=functools.partial(_init_worker, os.getpid()),
                       generator=torch.Generator().manual_seed(seed), **workers)
 
 
