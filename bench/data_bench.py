@@ -7,8 +7,9 @@ the default augmentation (flip, scale jitter 0.75-1.25). Measured through
 `sam3_lora.group_loader.build_group_loader` (what train() iterates): one epoch, after
 the workers have started, so queries/s = find-queries delivered / seconds.
 
-For reference, "per-query (before)" is the old path: `FindQueryDataset[i]` for every
-find-query in the main process (each query decodes its image again). Torch runs one
+For reference, "per-query (before)" is the path before issue 15, rebuilt here:
+every find-query in the main process decodes its image at full size and its masks
+through a float copy (`old_find_query_item`; augmentation left out, which flatters it). Torch runs one
 thread in the main process, as in each worker (DataLoader sets 1 there), so 0 vs N
 workers compares processes, not thread pools.
 
@@ -25,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from sam3_lora.augment import AugmentSettings
 from sam3_lora.data import FindQueryDataset
 from sam3_lora.group_loader import build_group_loader, close_loader
 from sam3_lora.image_groups import ImageGroupDataset
+from sam3_lora.preprocess import image_to_tensor, normalize_pixels
 from sam3_lora.tiny import build_tiny_tokenizer
 
 IMAGE_SIZE = 1008
@@ -83,11 +87,26 @@ def loader_queries_per_s(groups: ImageGroupDataset, workers: int, batch_size: in
     return queries / seconds
 
 
+def old_find_query_item(queries: FindQueryDataset, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What FindQueryDataset[index] did before issue 15: full-size decode, float mask resize."""
+    query = queries.queries[index]
+    record = next(r for r in queries.records if r.image_id == query.image_id)
+    with Image.open(record.path) as image:
+        pixels = normalize_pixels(image_to_tensor(np.array(image.convert("RGB"))), queries.image_size)
+    rles = record.instances.get(query.category_id, []) if query.positive else []
+    size = queries.image_size
+    masks = torch.zeros((0, size, size), dtype=torch.bool)
+    if rles:
+        source = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1)))
+        masks = F.interpolate(source[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].bool()
+    return pixels, masks
+
+
 def per_query_queries_per_s(queries: FindQueryDataset, count: int) -> float:
     """The old path: one full decode per find-query, in the main process."""
     started = time.perf_counter()
     for index in range(count):
-        queries[index]
+        old_find_query_item(queries, index)
     return count / (time.perf_counter() - started)
 
 
