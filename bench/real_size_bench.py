@@ -6,20 +6,27 @@ training code's loading path). The batch is one 1080p JPEG with 2 positive conce
 (2 instances each) and 2 negatives: 4 find-queries, as the training loader makes it
 (`ImageGroupDataset`, default augmentation). Printed in one run:
 
-1. ViT passes per image: vision-encoder rows per step, grouped (`GroupedSam3`: 1)
-   and per-query (`per_query_batch`, the trainer before issue 15: one per find-query, 4).
-2. `decoder` preset train_step time, per-query (before) and grouped (after), one
-   step each after nothing else (a CPU, so no warm-up to speak of), and their ratio.
-3. Activation bytes kept for the backward per image, `full` preset (LoRA in the
-   ViT): the forward of one train step under `torch.autograd.graph.saved_tensors_hooks`,
-   counting each saved storage once and leaving out parameters. With ViT gradient
-   checkpointing: measured over the whole model. Without it: extrapolated, because
-   it does not fit in this machine's memory: (model with checkpointing) - (the 32
-   kept ViT layer inputs) + (bytes one windowed and one global ViT layer save,
-   measured, times 28 and 4).
+1. ViT passes per image: vision-encoder input rows of one train_step, grouped
+   (`GroupedSam3`: 1) and per-query (`per_query_batch`, the trainer before issue 15:
+   one per find-query, 4). Counted by a pre-hook that stops the step there.
+2. `decoder` preset train_step time, before (per-query) and after (grouped). A whole
+   real-size step takes tens of minutes on a busy 2-core CPU, so it is composed from
+   measured parts, all at real size: T_vit = embeddings + neck + 28 windowed + 4 global
+   ViT layers (one of each timed, no grad: the decoder preset's ViT is frozen), and
+   T_rest = the grouped train_step with the image's backbone features already in
+   GroupedSam3's feature cache (everything but the ViT, 4 queries, forward + backward).
+   before = 4 T_vit + T_rest, after = T_vit + T_rest (the rest works on the same 4
+   queries either way). `--whole-steps` times the two real steps instead.
+3. Activation bytes kept for the backward per image, `full` preset (LoRA in the ViT),
+   under `torch.autograd.graph.saved_tensors_hooks`, each saved storage once,
+   parameters left out. With ViT gradient checkpointing = saved by the rest of the
+   model (measured: the step's forward from cached features that require grad) + the
+   32 kept ViT layer inputs (exact) + embeddings and neck (measured). Without it: the
+   32 layer inputs replaced by what one windowed and one global layer save (measured)
+   x 28 and x 4. Extrapolated from those layers, as stated in the output.
 
-Run: python bench/real_size_bench.py   (~15-25 min on 2 cores, ~8 GB of RAM)
-     python bench/real_size_bench.py --tiny   (the tiny SAM3: checks the script in seconds)
+Run: python bench/real_size_bench.py   (~10-15 min on a busy 2-core CPU, ~10 GB of RAM)
+     python bench/real_size_bench.py --tiny   (the tiny SAM3: checks the script quickly)
 Timings go here, never into tests.
 """
 from __future__ import annotations
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import torch
 from transformers import Sam3Config, Sam3Model
+from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_bench import write_jpeg_set  # noqa: E402  (bench/ is not a package)
@@ -78,21 +86,42 @@ def lora_model(model_dir: Path, preset: str, checkpointing: bool) -> GroupedSam3
     base, _ = load_sam3(model_dir)
     model = apply_lora(base, LoraSettings(components=preset, rank=16, alpha=32.0, dropout=0.0))
     set_vit_checkpointing(model, checkpointing)
-    return GroupedSam3(model).train()
+    return GroupedSam3(model, cache_backbone=True).train()
 
 
-def timed_step(model: GroupedSam3, batch: dict) -> tuple[float, int]:
-    """(seconds of one train_step, ViT rows it ran)."""
-    rows = []
-    handle = model.module.get_base_model().vision_encoder.register_forward_hook(
-        lambda module, args, output: rows.append(args[0].shape[0]))
+def one_step(model: GroupedSam3, batch: dict) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    started = time.perf_counter()
     train_step(model, build_criterion(), optimizer, scaler, [batch], torch.device("cpu"), torch.float32, 0.1, 1)
-    seconds = time.perf_counter() - started
-    handle.remove()
-    return seconds, sum(rows)
+
+
+class _AtBackbone(Exception):
+    """Raised by a pre-hook on the vision encoder: the step has shown what it feeds the ViT."""
+
+
+def vit_rows(model: GroupedSam3, batch: dict) -> int:
+    """Image rows the vision encoder gets in one train_step of `batch` (the step stops there)."""
+    rows = []
+
+    def stop(module, args):
+        rows.append(args[0].shape[0])
+        raise _AtBackbone
+
+    model.feature_cache.clear()
+    handle = model.module.get_base_model().vision_encoder.register_forward_pre_hook(stop)
+    try:
+        one_step(model, batch)
+    except _AtBackbone:
+        pass
+    finally:
+        handle.remove()
+    return sum(rows)
+
+
+def seconds(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - started, result
 
 
 class SavedBytes:
@@ -122,33 +151,32 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def full_preset_saved_bytes(model: GroupedSam3, batch: dict) -> int:
-    """Activation bytes the forward of one full-preset step keeps for its backward (graph dropped after)."""
-    with SavedBytes(model) as saved:
-        outputs = forward_with_layer_outputs(model, *batch_inputs(batch, torch.device("cpu")))
-    del outputs
-    gc.collect()
-    return saved.total
+class VisionParts:
+    """The real ViT taken apart: embeddings (+ norm), one windowed and one global layer, the FPN neck."""
 
+    def __init__(self, model: GroupedSam3, pixel_values: torch.Tensor) -> None:
+        vision = model.module.get_base_model().vision_encoder
+        self.backbone, self.neck = vision.backbone, vision.neck
+        config = self.backbone.config
+        self.globals = list(config.global_attn_indexes)
+        self.windowed = next(i for i in range(len(self.backbone.layers)) if i not in self.globals)
+        self.pixel_values = pixel_values
+        self.side = pixel_values.shape[-1] // config.patch_size
 
-def vit_layer_saved_bytes(model: GroupedSam3, batch: dict) -> tuple[int, int, int]:
-    """(bytes a windowed ViT layer saves, bytes a global one saves, bytes of one layer input), no checkpointing."""
-    backbone = model.module.get_base_model().vision_encoder.backbone
-    global_index = backbone.config.global_attn_indexes[0]
-    windowed_index = next(i for i in range(len(backbone.layers)) if i not in backbone.config.global_attn_indexes)
-    with torch.no_grad():
-        hidden = backbone.embeddings(batch["pixel_values"])
-        side = batch["pixel_values"].shape[-1] // backbone.config.patch_size
-        hidden = backbone.layer_norm(hidden.view(hidden.shape[0], side, side, -1))
-    results = []
-    for index in (windowed_index, global_index):
-        layer = backbone.layers[index]
+    def embed(self) -> torch.Tensor:
+        hidden = self.backbone.embeddings(self.pixel_values)
+        return self.backbone.layer_norm(hidden.view(hidden.shape[0], self.side, self.side, -1))
+
+    def layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        layer = self.backbone.layers[index]
         layer.gradient_checkpointing = False
-        with SavedBytes(model) as saved:
-            output = layer(hidden)
-        del output
-        results.append(saved.total)
-    return results[0], results[1], hidden.numel() * hidden.element_size()
+        return layer(hidden)
+
+    def features(self, hidden: torch.Tensor) -> Sam3VisionEncoderOutput:
+        """Backbone features of the shapes the real ViT gives (the neck applied to `hidden`)."""
+        fpn, positions = self.neck(hidden.permute(0, 3, 1, 2))
+        return Sam3VisionEncoderOutput(last_hidden_state=hidden.flatten(1, 2), fpn_hidden_states=fpn,
+                                       fpn_position_encoding=positions)
 
 
 def main() -> None:
@@ -166,27 +194,60 @@ def main() -> None:
         del base
         gc.collect()
         print(f"model: {'tiny' if args.tiny else 'Sam3Model(Sam3Config())'}, {params / 1e6:.0f}M parameters, "
-              f"saved and loaded through load_sam3 in {time.perf_counter() - started:.0f} s")
+              f"saved and loaded through load_sam3 in {time.perf_counter() - started:.0f} s", flush=True)
         batch = one_image_batch(folder / "data", tokenizer, size)
+        key = batch["image_keys"][0]
 
         decoder = lora_model(model_dir, "decoder", checkpointing=False)
-        after, after_rows = timed_step(decoder, batch)
-        before, before_rows = timed_step(decoder, per_query_batch(batch))
+        grouped_rows, per_query_rows = vit_rows(decoder, batch), vit_rows(decoder, per_query_batch(batch))
+        print(f"ViT passes per image: {grouped_rows} grouped (after), {per_query_rows} per-query (before)", flush=True)
+        parts = VisionParts(decoder, batch["pixel_values"])
+        with torch.no_grad():  # the decoder preset's ViT is frozen: no graph
+            embed_s, hidden = seconds(parts.embed)
+            windowed_s, _ = seconds(parts.layer, parts.windowed, hidden)
+            global_s, _ = seconds(parts.layer, parts.globals[0], hidden)
+            neck_s, features = seconds(parts.features, hidden)
+        layers = len(parts.backbone.layers)
+        vit_s = embed_s + neck_s + (layers - len(parts.globals)) * windowed_s + len(parts.globals) * global_s
+        decoder.feature_cache[key] = features
+        rest_s, _ = seconds(one_step, decoder, batch)  # every part of the step but the ViT
         del decoder
         gc.collect()
-        print(f"ViT passes per image: {after_rows} grouped (after), {before_rows} per-query (before)")
-        print(f"decoder preset step: before {before:.1f} s, after {after:.1f} s, ratio {before / after:.2f}x")
+        before, after = per_query_rows * vit_s + rest_s, grouped_rows * vit_s + rest_s
+        print(f"ViT pass {vit_s:.1f} s (embeddings {embed_s:.1f} + neck {neck_s:.1f} + {layers - len(parts.globals)} x "
+              f"windowed layer {windowed_s:.1f} + {len(parts.globals)} x global layer {global_s:.1f}); rest of the "
+              f"decoder step (4 queries, forward + backward) {rest_s:.1f} s")
+        print(f"decoder preset step: before {before:.1f} s ({per_query_rows} ViT passes + rest), after {after:.1f} s "
+              f"(1 + rest), ratio {before / after:.2f}x (composed from the measured parts above)", flush=True)
 
         full = lora_model(model_dir, "full", checkpointing=True)
-        with_checkpointing = full_preset_saved_bytes(full, batch)
-        windowed, global_, layer_input = vit_layer_saved_bytes(full, batch)
-        layers = len(full.module.get_base_model().vision_encoder.backbone.layers)
-        globals_ = len(full.module.get_base_model().vision_encoder.backbone.config.global_attn_indexes)
-        without = with_checkpointing - layers * layer_input + (layers - globals_) * windowed + globals_ * global_
+        parts = VisionParts(full, batch["pixel_values"])
+        with SavedBytes(full) as embed_saved:
+            hidden = parts.embed()
+        hidden = hidden.detach().requires_grad_()  # as if it came from LoRA'd ViT layers
+        with SavedBytes(full) as neck_saved:
+            features = parts.features(hidden)
+        full.feature_cache[key] = features
+        with SavedBytes(full) as rest_saved:
+            outputs = forward_with_layer_outputs(full, *batch_inputs(batch, torch.device("cpu")))
+        del outputs
+        layer_saved = []
+        for index in (parts.windowed, parts.globals[0]):
+            with SavedBytes(full) as saved:
+                output = parts.layer(index, hidden)
+            layer_saved.append(saved.total)
+            del output
+        layer_input = hidden.numel() * hidden.element_size()
+        common = embed_saved.total + neck_saved.total + rest_saved.total
+        with_checkpointing = common + layers * layer_input
+        without = common + (layers - len(parts.globals)) * layer_saved[0] + len(parts.globals) * layer_saved[1]
         print(f"full preset, activations kept per image (4 find-queries): {with_checkpointing / GIB:.2f} GiB with ViT "
-              f"checkpointing (measured); {without / GIB:.2f} GiB without (extrapolated: a windowed ViT layer "
-              f"saves {windowed / GIB:.3f} GiB, a global one {global_ / GIB:.3f} GiB, x{layers - globals_} and "
-              f"x{globals_}, in place of {layers} kept layer inputs of {layer_input / GIB:.3f} GiB)")
+              f"checkpointing, {without / GIB:.2f} GiB without. Parts (measured with saved-tensor hooks): "
+              f"rest of the model {rest_saved.total / GIB:.2f} GiB, neck {neck_saved.total / GIB:.3f} GiB, "
+              f"embeddings {embed_saved.total / GIB:.3f} GiB; per ViT layer {layer_input / GIB:.3f} GiB kept with "
+              f"checkpointing vs {layer_saved[0] / GIB:.3f} (windowed) / {layer_saved[1] / GIB:.3f} (global) GiB "
+              f"without; x{layers - len(parts.globals)} windowed, x{len(parts.globals)} global layers (extrapolated "
+              f"from one of each)")
 
 
 if __name__ == "__main__":
