@@ -21,9 +21,10 @@ training code's loading path). The batch is one 1080p JPEG with 2 positive conce
    under `torch.autograd.graph.saved_tensors_hooks`, each saved storage once,
    parameters left out. With ViT gradient checkpointing = saved by the rest of the
    model (measured: the step's forward from cached features that require grad) + the
-   32 kept ViT layer inputs (exact) + embeddings and neck (measured). Without it: the
-   32 layer inputs replaced by what one windowed and one global layer save (measured)
-   x 28 and x 4. Extrapolated from those layers, as stated in the output.
+   32 kept ViT layer inputs (exact) + embeddings and neck (measured); the DETR layers
+   and the mask decoder are checkpointed too (sam3_lora.grouped_forward). Without ViT
+   checkpointing: the 32 layer inputs replaced by what one windowed and one global
+   layer save (measured) x 28 and x 4. Extrapolated from those layers, as stated.
 
 Run: python bench/real_size_bench.py   (~10-15 min on a busy 2-core CPU, ~10 GB of RAM)
      python bench/real_size_bench.py --tiny   (the tiny SAM3: checks the script quickly)
@@ -182,6 +183,7 @@ class VisionParts:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny SAM3 (112 px): checks the script quickly")
+    parser.add_argument("--memory-only", action="store_true", help="only part 3 (activation memory)")
     args = parser.parse_args()
     print(f"CPU, {torch.get_num_threads()} threads, fp32")
     with tempfile.TemporaryDirectory() as folder:
@@ -198,39 +200,46 @@ def main() -> None:
         batch = one_image_batch(folder / "data", tokenizer, size)
         key = batch["image_keys"][0]
 
-        decoder = lora_model(model_dir, "decoder", checkpointing=False)
-        grouped_rows, per_query_rows = vit_rows(decoder, batch), vit_rows(decoder, per_query_batch(batch))
-        print(f"ViT passes per image: {grouped_rows} grouped (after), {per_query_rows} per-query (before)", flush=True)
-        parts = VisionParts(decoder, batch["pixel_values"])
-        with torch.no_grad():  # the decoder preset's ViT is frozen: no graph
-            embed_s, hidden = seconds(parts.embed)
-            windowed_s, _ = seconds(parts.layer, parts.windowed, hidden)
-            global_s, _ = seconds(parts.layer, parts.globals[0], hidden)
-            neck_s, features = seconds(parts.features, hidden)
-        layers = len(parts.backbone.layers)
-        vit_s = embed_s + neck_s + (layers - len(parts.globals)) * windowed_s + len(parts.globals) * global_s
-        decoder.feature_cache[key] = features
-        rest_s, _ = seconds(one_step, decoder, batch)  # every part of the step but the ViT
-        del decoder
-        gc.collect()
-        before, after = per_query_rows * vit_s + rest_s, grouped_rows * vit_s + rest_s
-        print(f"ViT pass {vit_s:.1f} s (embeddings {embed_s:.1f} + neck {neck_s:.1f} + {layers - len(parts.globals)} x "
-              f"windowed layer {windowed_s:.1f} + {len(parts.globals)} x global layer {global_s:.1f}); rest of the "
-              f"decoder step (4 queries, forward + backward) {rest_s:.1f} s")
-        print(f"decoder preset step: before {before:.1f} s ({per_query_rows} ViT passes + rest), after {after:.1f} s "
-              f"(1 + rest), ratio {before / after:.2f}x (composed from the measured parts above)", flush=True)
+        if not args.memory_only:
+            decoder = lora_model(model_dir, "decoder", checkpointing=False)
+            grouped_rows, per_query_rows = vit_rows(decoder, batch), vit_rows(decoder, per_query_batch(batch))
+            print(f"ViT passes per image: {grouped_rows} grouped (after), {per_query_rows} per-query (before)", flush=True)
+            parts = VisionParts(decoder, batch["pixel_values"])
+            with torch.no_grad():  # the decoder preset's ViT is frozen: no graph
+                embed_s, hidden = seconds(parts.embed)
+                windowed_s, _ = seconds(parts.layer, parts.windowed, hidden)
+                global_s, _ = seconds(parts.layer, parts.globals[0], hidden)
+                neck_s, features = seconds(parts.features, hidden)
+            layers = len(parts.backbone.layers)
+            vit_s = embed_s + neck_s + (layers - len(parts.globals)) * windowed_s + len(parts.globals) * global_s
+            decoder.feature_cache[key] = features
+            rest_s, _ = seconds(one_step, decoder, batch)  # every part of the step but the ViT
+            del decoder
+            gc.collect()
+            before, after = per_query_rows * vit_s + rest_s, grouped_rows * vit_s + rest_s
+            print(f"ViT pass {vit_s:.1f} s (embeddings {embed_s:.1f} + neck {neck_s:.1f} + {layers - len(parts.globals)} x "
+                  f"windowed layer {windowed_s:.1f} + {len(parts.globals)} x global layer {global_s:.1f}); rest of the "
+                  f"decoder step (4 queries, forward + backward) {rest_s:.1f} s")
+            print(f"decoder preset step: before {before:.1f} s ({per_query_rows} ViT passes + rest), after {after:.1f} s "
+                  f"(1 + rest), ratio {before / after:.2f}x (composed from the measured parts above)", flush=True)
 
         full = lora_model(model_dir, "full", checkpointing=True)
         parts = VisionParts(full, batch["pixel_values"])
+        layers = len(parts.backbone.layers)
         with SavedBytes(full) as embed_saved:
             hidden = parts.embed()
         hidden = hidden.detach().requires_grad_()  # as if it came from LoRA'd ViT layers
         with SavedBytes(full) as neck_saved:
             features = parts.features(hidden)
         full.feature_cache[key] = features
-        with SavedBytes(full) as rest_saved:
-            outputs = forward_with_layer_outputs(full, *batch_inputs(batch, torch.device("cpu")))
-        del outputs
+        rest_saved = {}
+        for checkpointing in (True, False):
+            set_vit_checkpointing(full.module, checkpointing)
+            with SavedBytes(full) as saved:
+                outputs = forward_with_layer_outputs(full, *batch_inputs(batch, torch.device("cpu")))
+            rest_saved[checkpointing] = saved.total
+            del outputs
+            gc.collect()
         layer_saved = []
         for index in (parts.windowed, parts.globals[0]):
             with SavedBytes(full) as saved:
@@ -238,12 +247,15 @@ def main() -> None:
             layer_saved.append(saved.total)
             del output
         layer_input = hidden.numel() * hidden.element_size()
-        common = embed_saved.total + neck_saved.total + rest_saved.total
-        with_checkpointing = common + layers * layer_input
-        without = common + (layers - len(parts.globals)) * layer_saved[0] + len(parts.globals) * layer_saved[1]
-        print(f"full preset, activations kept per image (4 find-queries): {with_checkpointing / GIB:.2f} GiB with ViT "
-              f"checkpointing, {without / GIB:.2f} GiB without. Parts (measured with saved-tensor hooks): "
-              f"rest of the model {rest_saved.total / GIB:.2f} GiB, neck {neck_saved.total / GIB:.3f} GiB, "
+        common = embed_saved.total + neck_saved.total
+        with_checkpointing = common + rest_saved[True] + layers * layer_input
+        without = common + rest_saved[False] + (layers - len(parts.globals)) * layer_saved[0] + \
+            len(parts.globals) * layer_saved[1]
+        print(f"full preset, activations kept per image (4 find-queries): {with_checkpointing / GIB:.2f} GiB with "
+              f"checkpointing (ViT, DETR layers, mask decoder), {without / GIB:.2f} GiB without. "
+              f"Parts (measured with saved-tensor hooks): "
+              f"rest of the model {rest_saved[True] / GIB:.2f} GiB with (DETR layers and mask decoder "
+              f"checkpointed) / {rest_saved[False] / GIB:.2f} GiB without, neck {neck_saved.total / GIB:.3f} GiB, "
               f"embeddings {embed_saved.total / GIB:.3f} GiB; per ViT layer {layer_input / GIB:.3f} GiB kept with "
               f"checkpointing vs {layer_saved[0] / GIB:.3f} (windowed) / {layer_saved[1] / GIB:.3f} (global) GiB "
               f"without; x{layers - len(parts.globals)} windowed, x{len(parts.globals)} global layers (extrapolated "

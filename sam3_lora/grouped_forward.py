@@ -1,4 +1,4 @@
-"""One backbone (ViT) pass per image for a micro-batch of find-queries, and ViT gradient checkpointing.
+"""One backbone (ViT) pass per image for a micro-batch of find-queries, and gradient checkpointing.
 
 `GroupedSam3` wraps the PEFT model for training (DDP wraps it in turn, so its whole
 forward is one DDP forward):
@@ -80,18 +80,43 @@ class GroupedSam3(torch.nn.Module):
         )
 
 
-def set_vit_checkpointing(model: torch.nn.Module, enabled: bool) -> int:
-    """Turn gradient checkpointing of the ViT layers on or off; returns the number of layers.
+def checkpoint_forward(module: torch.nn.Module, enabled: bool) -> None:
+    """Run `module` under non-reentrant torch.utils.checkpoint in training mode with grad enabled (enabled=True),
+    or as it was (False). Non-reentrant: any inputs and outputs, DDP-safe, RNG replayed in the recompute."""
+    original = getattr(module, "_forward_before_checkpointing", None)
+    if original is None:
+        original = module._forward_before_checkpointing = module.forward
+    if not enabled:
+        module.forward = original
+        return
 
-    Each `Sam3ViTLayer` is a transformers GradientCheckpointingLayer: with the flag on, in
-    training mode with grad enabled, its forward runs under torch.utils.checkpoint
-    (non-reentrant: works with DDP and with frozen inputs, and replays the RNG so LoRA
-    dropout is the same in the recompute). Only the layer input is kept; the layer is
-    computed again in the backward. `Sam3Model.gradient_checkpointing_enable()` raises
-    (SAM3 does not declare support), hence this.
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(original, *args, use_reentrant=False, **kwargs)
+        return original(*args, **kwargs)
+
+    module.forward = forward
+
+
+def set_vit_checkpointing(model: torch.nn.Module, enabled: bool) -> int:
+    """Turn gradient checkpointing on or off; returns the number of checkpointed modules.
+
+    Checkpointed: the 32 ViT layers (each a transformers GradientCheckpointingLayer:
+    flag + checkpoint function), and, measured as the next largest keepers at 1008 px
+    (bench/real_size_bench.py), every DETR encoder and decoder layer and the mask decoder,
+    whose activations grow with the number of find-queries (5184 image tokens x 256 per
+    query per encoder layer; 288^2 pixel-decoder maps per query). Only each module's inputs
+    are kept; it is computed again in the backward (non-reentrant torch.utils.checkpoint:
+    works with DDP and frozen inputs, and replays the RNG so dropout is the same).
+    `Sam3Model.gradient_checkpointing_enable()` raises (SAM3 does not declare support), hence this.
     """
-    layers = unwrap_sam3(model).vision_encoder.backbone.layers
+    sam3 = unwrap_sam3(model)
+    layers = sam3.vision_encoder.backbone.layers
     for layer in layers:
         layer.gradient_checkpointing = bool(enabled)
         layer._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
-    return len(layers)
+    others = [*sam3.detr_encoder.layers, *sam3.detr_decoder.layers, sam3.mask_decoder]
+    for module in others:
+        checkpoint_forward(module, enabled)
+    return len(layers) + len(others)
