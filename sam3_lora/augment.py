@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sam3_lora.coco import resize_masks_nearest
+
 # Zooming beyond these factors leaves (almost) nothing of the image or of its objects.
 MIN_SCALE = 0.25
 MAX_SCALE = 4.0
@@ -98,10 +100,7 @@ def rescale(
     if scaled == size:
         return pixels, masks
     pixels_scaled = F.interpolate(pixels[None], size=(scaled, scaled), mode="bilinear", align_corners=False)[0]
-    if masks.shape[0]:
-        masks_scaled = F.interpolate(masks[:, None].float(), size=(scaled, scaled), mode="nearest-exact")[:, 0].bool()
-    else:
-        masks_scaled = masks.new_zeros((0, scaled, scaled), dtype=torch.bool)
+    masks_scaled = resize_masks_nearest(masks.bool(), scaled, scaled)  # bool indexing: no float copy
     span = abs(scaled - size)
     top, left = int(round(offset_fraction[0] * span)), int(round(offset_fraction[1] * span))
     if scaled > size:
@@ -112,6 +111,34 @@ def rescale(
     mask_canvas = masks.new_zeros(masks.shape, dtype=torch.bool)
     mask_canvas[:, top : top + scaled, left : left + scaled] = masks_scaled
     return canvas, mask_canvas
+
+
+def augment_image_and_masks(
+    pixels: torch.Tensor, masks: torch.Tensor, settings: AugmentSettings, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flip then scale jitter; pixels [3,S,S] float, masks [T,S,S] bool -> same shapes (nothing dropped).
+
+    Draws exactly 4 numbers from `generator` whatever T is, so every find-query of one
+    image (each a slice of `masks`) gets the same transformation.
+    """
+    draws = torch.rand(4, generator=generator).tolist()  # flip, scale, offset y, offset x
+    masks = masks.bool()
+    if draws[0] < settings.hflip_prob:
+        pixels, masks = hflip(pixels, masks)
+    if settings.scale_max > settings.scale_min:
+        log_min, log_max = math.log(settings.scale_min), math.log(settings.scale_max)
+        scale = math.exp(log_min + draws[1] * (log_max - log_min))
+        pixels, masks = rescale(pixels, masks, scale, (draws[2], draws[3]))
+    elif settings.scale_min != 1.0:
+        pixels, masks = rescale(pixels, masks, settings.scale_min, (draws[2], draws[3]))
+    return pixels, masks
+
+
+def drop_empty_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool masks [T,S,S] -> (the non-empty ones [T',S,S], their cxcywh boxes [T',4])."""
+    kept = masks.flatten(1).any(dim=1) if masks.shape[0] else torch.zeros(0, dtype=torch.bool)
+    masks = masks[kept]
+    return masks, mask_boxes_cxcywh(masks)
 
 
 def augment_find_query(
@@ -125,16 +152,6 @@ def augment_find_query(
     The generator is consumed the same way whatever T is, so the image of a negative
     and of a positive query with the same generator state is transformed identically.
     """
-    draws = torch.rand(4, generator=generator).tolist()  # flip, scale, offset y, offset x
-    masks = masks.bool()
-    if draws[0] < settings.hflip_prob:
-        pixels, masks = hflip(pixels, masks)
-    if settings.scale_max > settings.scale_min:
-        log_min, log_max = math.log(settings.scale_min), math.log(settings.scale_max)
-        scale = math.exp(log_min + draws[1] * (log_max - log_min))
-        pixels, masks = rescale(pixels, masks, scale, (draws[2], draws[3]))
-    elif settings.scale_min != 1.0:
-        pixels, masks = rescale(pixels, masks, settings.scale_min, (draws[2], draws[3]))
-    kept = masks.flatten(1).any(dim=1) if masks.shape[0] else torch.zeros(0, dtype=torch.bool)
-    masks = masks[kept]
-    return pixels, masks, mask_boxes_cxcywh(masks)
+    pixels, masks = augment_image_and_masks(pixels, masks, settings, generator)
+    masks, boxes = drop_empty_masks(masks)
+    return pixels, masks, boxes

@@ -57,14 +57,47 @@ def annotation_rle(annotation: dict, height: int, width: int) -> dict | None:
     return mask_utils.frPyObjects(np.array([bbox], dtype=np.float64), height, width)[0]
 
 
+def nearest_indices(source: int, size: int) -> torch.Tensor:
+    """Source index of each of `size` output samples, nearest-exact: floor((i + 0.5) * source / size), clamped."""
+    return ((torch.arange(size, dtype=torch.float64) + 0.5) * (source / size)).floor().long().clamp_(max=source - 1)
+
+
+def resize_masks_nearest(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """bool/uint8 masks [T,H,W] -> same dtype [T,height,width] by nearest-exact sampling at pixel centres.
+
+    Pure indexing (the same samples as F.interpolate(mode="nearest-exact")), so no float copy of the masks:
+    a 12 MP mask stays 12 MB (uint8), not 48 MB (float32).
+    """
+    rows = nearest_indices(masks.shape[-2], height)
+    columns = nearest_indices(masks.shape[-1], width)
+    return masks.index_select(-2, rows).index_select(-1, columns)
+
+
+def rles_at_size(rles: list[dict], size: int) -> torch.Tensor:
+    """Compressed RLEs (T >= 1, one image) -> bool masks [T,size,size], as masks_at_size of their decoded masks.
+
+    pycocotools decodes to [H,W,T] in column-major order; the size x size nearest samples
+    are taken from it directly (np.ix_), so the full-resolution masks are never transposed,
+    copied or converted (at 12 MP that copy alone cost more than the decode).
+    """
+    decoded = mask_utils.decode(rles)  # [H,W,T] uint8
+    rows = nearest_indices(decoded.shape[0], size).numpy()
+    columns = nearest_indices(decoded.shape[1], size).numpy()
+    sampled = torch.from_numpy(np.ascontiguousarray(decoded[np.ix_(rows, columns)].transpose(2, 0, 1))).bool()
+    lost = (~sampled.flatten(1).any(dim=1)).nonzero().flatten()
+    if len(lost):  # rare (objects below one model pixel): the exact fallback of masks_at_size
+        sampled[lost] = masks_at_size(decoded[:, :, lost.numpy()].transpose(2, 0, 1), size)
+    return sampled
+
+
 def masks_at_size(masks: np.ndarray, size: int) -> torch.Tensor:
     """uint8 masks [T,H,W] (T >= 1) -> bool [T,size,size], nearest; a mask that vanishes keeps its best-covered pixel."""
     source = torch.from_numpy(np.ascontiguousarray(masks))
     # nearest-exact samples pixel centres like the bilinear image resize (align_corners=False);
     # plain "nearest" (floor) would shift masks against the image by up to half an input pixel.
-    resized = F.interpolate(source[:, None].float(), size=(size, size), mode="nearest-exact")[:, 0].bool()
+    resized = resize_masks_nearest(source, size, size).bool()
     lost = (~resized.flatten(1).any(dim=1)).nonzero().flatten()
-    if len(lost):
+    if len(lost):  # rare (objects below one model pixel): only these get a float copy
         coverage = F.interpolate(source[lost][:, None].float(), size=(size, size), mode="area")[:, 0]
         best = coverage.flatten(1).argmax(dim=1)
         resized[lost, best // size, best % size] = True

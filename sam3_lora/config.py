@@ -102,9 +102,22 @@ class DataSection:
     negatives_per_image: int = key_field("Phrases absent from an image asked per image as negatives (>= 0); "
                                          "they teach the presence head to say 'none here'.", 1)
     augment: AugmentSection = key_field("Training-time augmentation.", factory=AugmentSection)
+    num_workers: int | None = key_field("DataLoader worker processes that decode and augment images while the "
+                                        "model trains (>= 0; 0 = in the training process). Leave out for the "
+                                        "CPUs of the machine per GPU process minus one, at most 8.", None)
+    cache_backbone: bool = key_field("Keep each training image's backbone (ViT) features in memory after its first "
+                                     "pass and reuse them every epoch. Only when the ViT gets no LoRA (decoder, "
+                                     "balanced) and augmentation is off (hflip_prob 0, scale_jitter [1, 1]); "
+                                     "about 0.25 GB per image at 1008 px.", False)
 
     def __post_init__(self):
         check_types(self, "data")
+        require(self.num_workers is None or self.num_workers >= 0, "data.num_workers",
+                f"must be >= 0 (0 = load in the training process), got {self.num_workers}")
+        if self.cache_backbone:
+            require(self.augment.hflip_prob == 0 and tuple(self.augment.scale_jitter) == (1.0, 1.0),
+                    "data.cache_backbone", "needs augmentation off (data.augment.hflip_prob: 0, "
+                    "data.augment.scale_jitter: [1, 1]): augmented images change every epoch")
         require(bool(self.train_annotations.strip()), "data.train_annotations", "is empty; give the COCO json")
         require(bool(self.train_images.strip()), "data.train_images", "is empty; give the image folder")
         if self.val_annotations is None:
@@ -215,7 +228,13 @@ class TrainConfig:
     optim: OptimSection = key_field("AdamW settings, clipping, accumulation.", factory=OptimSection)
     schedule: ScheduleSection = key_field("Run length and LR schedule.", factory=ScheduleSection)
     loss: LossSection = key_field("Loss weights, mask-loss mode and SAM3's loss options.", factory=LossSection)
-    precision: str = key_field("auto (bf16 on a CUDA GPU that supports it, else fp32) | bf16 | fp16 | fp32.", "auto")
+    precision: str = key_field("auto (bf16 on a CUDA GPU that supports it, else fp32) | bf16 | fp16 | fp32; "
+                               "bf16 and fp16 need a CUDA device.", "auto")
+    gradient_checkpointing: bool | None = key_field(
+        "Recompute the ViT layers, the DETR encoder/decoder layers and the mask decoder in the backward "
+        "pass instead of storing their activations (one more forward of them; measured at 1008 px for the "
+        "full preset: 1.1 GiB instead of ~17 GiB per image with 4 find-queries). Leave out for: on when "
+        "the ViT gets LoRA (full preset, or the vision component), off otherwise.", None)
     device: str = key_field("auto (cuda if available) | cpu | cuda.", "auto")
     gpus: int = key_field("Processes for one job, one per GPU (>= 1); above 1 the job runs under torchrun with DDP "
                           "(NCCL on CUDA; with device cpu, gloo processes on the CPU, for tests).", 1)
@@ -239,9 +258,23 @@ class TrainConfig:
                 "is set but there is no validation data (data.val_fraction is 0 and no data.val_annotations); "
                 "set eval_every: 0 or give validation data")
         require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        if self.data.cache_backbone:
+            require(not self.lora_in_vision, "data.cache_backbone",
+                    "needs a ViT without LoRA (decoder or balanced preset): the features of a ViT that "
+                    "trains change every step")
         require(bool(self.output_dir.strip()), "output_dir", "is empty; give a folder")
         if self.resume is not None and self.resume.strip().lower() in ("", "none", "null"):
             self.resume = None  # YAML `resume: none` is the string "none", meant as "no resume"
+
+    @property
+    def lora_in_vision(self) -> bool:
+        """True when the preset (or component list) puts LoRA in the ViT backbone."""
+        return self.lora.preset == "full" if isinstance(self.lora.preset, str) else "vision" in self.lora.preset
+
+    @property
+    def checkpoint_vision(self) -> bool:
+        """gradient_checkpointing resolved: its value, or (unset) whether the ViT gets LoRA."""
+        return self.lora_in_vision if self.gradient_checkpointing is None else self.gradient_checkpointing
 
     @classmethod
     def from_dict(cls, values: Mapping) -> TrainConfig:
@@ -289,12 +322,10 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
     if precision == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("precision: this GPU cannot compute in bf16; use fp16 or auto")
     if dtype != torch.float32 and not on_cuda:
-        try:  # torch raises here on builds without low-precision CPU kernels
-            probe = torch.ones(2, 2, dtype=dtype)
-            (probe @ probe).sum().item()
-        except RuntimeError as error:
-            raise ConfigError(f"precision: this CPU build of torch cannot compute in {precision} ({error}); "
-                              "use fp32 or auto") from error
+        # Measured at SAM3's real size on a CPU (issue 15): autocast makes a training
+        # step ~7x and a cached prompt ~100x slower than fp32, and saves no memory worth having.
+        raise ConfigError(f"precision: {precision} needs a CUDA GPU; on a CPU ({device}) it runs several times "
+                          "slower than fp32 (CPU autocast casts every matmul) and saves nothing; use fp32 or auto")
     return dtype
 
 

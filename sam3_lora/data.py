@@ -37,9 +37,9 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam3_lora.augment import AugmentSettings, augment_find_query, mask_boxes_cxcywh
-from sam3_lora.coco import DatasetError, annotation_rle, load_coco, masks_at_size
+from sam3_lora.coco import DatasetError, annotation_rle, load_coco, rles_at_size
+from sam3_lora.image_decode import load_model_pixels
 from sam3_lora.model import tokenize_phrases
-from sam3_lora.preprocess import image_to_tensor, normalize_pixels
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class _ImageRecord:
     mentioned: set[int]  # every category annotated in the image (usable, crowd or zero-area)
 
 
-def _seeded_generator(*keys: int) -> torch.Generator:
+def seeded_generator(*keys: int) -> torch.Generator:
     """A torch.Generator whose stream depends only on the integer keys (seed, epoch, ids)."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
@@ -101,7 +101,7 @@ def split_image_ids(image_ids: list[int], val_fraction: float, seed: int) -> tup
     if val_fraction == 0.0 or len(ids) < 2:
         return ids, []
     num_val = min(max(1, int(round(len(ids) * val_fraction))), len(ids) - 1)
-    order = torch.randperm(len(ids), generator=_seeded_generator(seed)).tolist()
+    order = torch.randperm(len(ids), generator=seeded_generator(seed)).tolist()
     val = sorted(ids[i] for i in order[:num_val])
     val_set = set(val)
     return [i for i in ids if i not in val_set], val
@@ -243,16 +243,23 @@ class FindQueryDataset(Dataset):
         )
 
     def _build_queries(self, epoch: int) -> list[FindQuery]:
-        queries = []
-        for record in self.records:
-            for category_id in sorted(record.instances):
-                queries.append(FindQuery(record.image_id, category_id, self.categories[category_id], True))
-            candidates = self._negative_candidates(record)
-            if candidates and self.negatives_per_image:
-                order = torch.randperm(len(candidates), generator=_seeded_generator(self.seed, epoch, record.image_id))
-                for i in order[: self.negatives_per_image].tolist():
-                    queries.append(FindQuery(record.image_id, candidates[i], self.categories[candidates[i]], False))
+        return [query for record in self.records for query in self.queries_of(record, epoch)]
+
+    def queries_of(self, record: _ImageRecord, epoch: int) -> list[FindQuery]:
+        """The find-queries of one image in `epoch`: its concepts (sorted by id), then its negatives
+        (drawn from (seed, epoch, image id))."""
+        queries = [FindQuery(record.image_id, category_id, self.categories[category_id], True)
+                   for category_id in sorted(record.instances)]
+        candidates = self._negative_candidates(record)
+        if candidates and self.negatives_per_image:
+            order = torch.randperm(len(candidates), generator=seeded_generator(self.seed, epoch, record.image_id))
+            for i in order[: self.negatives_per_image].tolist():
+                queries.append(FindQuery(record.image_id, candidates[i], self.categories[candidates[i]], False))
         return queries
+
+    def tokens_of(self, phrase: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids [32], attention_mask [32]) of a category's phrase, tokenised once at construction."""
+        return self._tokens[phrase]
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draw the negatives (and the augmentation stream) for `epoch`; len() does not change."""
@@ -268,15 +275,14 @@ class FindQueryDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         query = self.queries[index]
         record = self._records_by_id[query.image_id]
-        with Image.open(record.path) as image:
-            pixels = normalize_pixels(image_to_tensor(np.array(image.convert("RGB"))), self.image_size)
+        pixels = load_model_pixels(record.path, self.image_size)
         rles = record.instances.get(query.category_id, []) if query.positive else []
         if rles:
-            masks = masks_at_size(mask_utils.decode(rles).transpose(2, 0, 1), self.image_size)
+            masks = rles_at_size(rles, self.image_size)
         else:
             masks = torch.zeros((0, self.image_size, self.image_size), dtype=torch.bool)
         if self.augment is not None:
-            generator = _seeded_generator(self.seed, self.epoch, query.image_id, query.category_id, 1)
+            generator = seeded_generator(self.seed, self.epoch, query.image_id, query.category_id, 1)
             pixels, masks, boxes = augment_find_query(pixels, masks, self.augment, generator)
         else:
             boxes = mask_boxes_cxcywh(masks)

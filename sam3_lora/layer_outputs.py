@@ -44,10 +44,13 @@ def forward_with_layer_outputs(
     pixel_values: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    image_index: torch.Tensor | None = None,
+    image_keys: list[str] | None = None,
 ) -> dict:
     """Call `model` (Sam3Model, possibly wrapped) once; return final and per-layer outputs.
 
     pixel_values [B,3,S,S], input_ids / attention_mask [B,32] ->
+    (or, for a GroupedSam3, pixel_values [N,3,S,S] and image_index [B]: query b asks image image_index[b])
     {"pred_logits" [B,Q], "pred_boxes" [B,Q,4] cxcywh, "pred_masks" [B,Q,S/3.5,S/3.5] logits,
      "presence_logits" [B,1],
      "aux_outputs": L-1 dicts {"pred_logits" [B,Q], "pred_boxes" [B,Q,4] cxcywh,
@@ -73,7 +76,8 @@ def forward_with_layer_outputs(
         sam3.detr_decoder.box_head.register_forward_hook(keep_all_layer_offsets),
     ]
     try:
-        outputs = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        grouped = {} if image_index is None else {"image_index": image_index, "image_keys": image_keys}
+        outputs = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **grouped)
     finally:
         for handle in handles:
             handle.remove()

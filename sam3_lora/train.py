@@ -1,7 +1,8 @@
 """Fine-tune LoRA adapters on SAM3: `train(cfg, on_event) -> TrainResult`.
 
 One optimiser step = `optim.grad_accumulation` micro-batches of `data.batch_size`
-find-queries. Every micro-batch is normalised by the num_boxes (and the number of
+images, each with all its find-queries (its concepts and negatives), so the ViT runs
+once per image (sam3_lora.grouped_forward); loader workers prepare the next batches. Every micro-batch is normalised by the num_boxes (and the number of
 find-queries) of the WHOLE step, all-reduced over ranks, so k micro-batches on n
 GPUs give the gradient of one batch of k*n*batch_size find-queries.
 
@@ -17,9 +18,7 @@ Only rank 0 emits events and writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import random
 import time
@@ -36,26 +35,20 @@ from sam3_lora.adapter_io import save_adapter
 from sam3_lora.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, remove_old_checkpoints,
                                   remove_stale_temp_files, resolve_resume, restore_rng_state, save_checkpoint)
 from sam3_lora.config import TrainConfig, resolve_device, resolve_precision
-from sam3_lora.layer_outputs import forward_with_layer_outputs
 from sam3_lora.lora import LoraSettings, apply_lora, trainable_parameter_counts
-from sam3_lora.losses import SetCriterion, build_criterion, compute_num_boxes, compute_num_find_queries
+from sam3_lora.losses import SetCriterion, build_criterion
 from sam3_lora.model import load_sam3, model_image_size
 from sam3_lora.schedule import build_scheduler, total_optimizer_steps
+from sam3_lora.grouped_forward import GroupedSam3, set_vit_checkpointing
 from sam3_lora.train_data import TrainData, build_train_data, step_batches
 from sam3_lora.train_eval import run_evaluation
+from sam3_lora.train_step import NonFiniteLossError, train_step
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train", "train_step"]
 
 log = logging.getLogger(__name__)
 EventHandler = Callable[[dict], object]
 KEEP_CHECKPOINTS = 2
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term (or a model output the loss needs) became NaN or infinite; names the step and the term."""
-
-    def __init__(self, step: int, term: str, value: float, kind: str = "loss term") -> None:
-        super().__init__(f"{kind} {term!r} is {value} at step {step}; lower optim.lr, check the data "
-                         "(degenerate boxes, empty masks) or use precision fp32")
-        self.step, self.term = step, term
 
 
 @dataclass
@@ -130,7 +123,7 @@ class _Run:
     tokenizer: object
     data: TrainData
     model: torch.nn.Module  # the PEFT model: checkpoints and the adapter are its LoRA weights
-    wrapped: torch.nn.Module  # what runs forward: DDP around `model` under torchrun, else `model`
+    wrapped: torch.nn.Module  # what runs forward: GroupedSam3 around `model`, in DDP under torchrun
     criterion: SetCriterion
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -142,11 +135,14 @@ class _Run:
 def _train_on(cfg: TrainConfig, on_event: EventHandler | None, device: torch.device) -> TrainResult:
     """Set up, resume if asked, evaluate the base model, train, finish (evaluate, checkpoint, adapter)."""
     run = _set_up(cfg, on_event, device)
-    resume_from = resolve_resume(cfg.resume, run.checkpoints)
-    start_step, position = (0, (0, 0)) if resume_from is None else _resume(run, resume_from)
-    stop = _start(run, start_step)
-    step, position, stop = _loop(run, start_step, position, stop)
-    _finish(run, step, position, stop, saved_already=resume_from is not None and step == start_step)
+    try:
+        resume_from = resolve_resume(cfg.resume, run.checkpoints)
+        start_step, position = (0, (0, 0)) if resume_from is None else _resume(run, resume_from)
+        stop = _start(run, start_step)
+        step, position, stop = _loop(run, start_step, position, stop)
+        _finish(run, step, position, stop, saved_already=resume_from is not None and step == start_step)
+    finally:
+        run.data.close()  # the loader's worker processes
     return run.result
 
 
@@ -168,13 +164,14 @@ def _set_up(cfg: TrainConfig, on_event: EventHandler | None, device: torch.devic
     if image_size != model_image_size(base):
         raise ValueError(f"data.image_size is {image_size} but the model was built for {model_image_size(base)}; "
                          "leave data.image_size out")
-    data = build_train_data(cfg, tokenizer, image_size)
+    data = build_train_data(cfg, tokenizer, image_size, pin_memory=device.type == "cuda")
     model = apply_lora(base, LoraSettings(components=cfg.lora.preset, rank=cfg.lora.rank,
                                           alpha=cfg.lora.alpha, dropout=cfg.lora.dropout))
+    set_vit_checkpointing(model, cfg.checkpoint_vision)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    wrapped = model
+    wrapped = GroupedSam3(model, cache_backbone=cfg.data.cache_backbone)
     if dist.is_distributed():
-        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = build_criterion(cfg.loss, mask_mode=cfg.loss.mask_mode, num_points=cfg.loss.num_points or 1,
                                 pos_weight=cfg.loss.pos_weight, scale_by_find_batch_size=cfg.loss.scale_by_find_batch_size)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
@@ -225,7 +222,7 @@ def _loop(run: _Run, step: int, position: tuple[int, int], stop: bool) -> tuple[
                            run.dtype, cfg.optim.grad_clip, step + 1)
         run.scheduler.step()
         step += 1
-        images = sum(len(b["targets"]) for b in micro_batches) * dist.world_size()
+        images = sum(len(b["pixel_values"]) for b in micro_batches) * dist.world_size()
         window.append({**terms, "images_per_s": images / max(time.perf_counter() - started, 1e-9)})
         epoch = position[0] + position[1] / max(data.batches_per_epoch, 1)
         stop = _emit(run.on_event, {"type": "progress", "step": step, "total_steps": run.total_steps, "epoch": epoch})
@@ -260,7 +257,8 @@ def _finish(run: _Run, step: int, position: tuple[int, int], stop: bool, saved_a
 
 
 def _evaluate(run: _Run, step: int, with_map: bool) -> dict:
-    return run_evaluation(run.wrapped, run.criterion, run.data, run.tokenizer, run.device, run.dtype, step, with_map)
+    return run_evaluation(run.wrapped, run.model, run.criterion, run.data, run.tokenizer, run.device, run.dtype, step,
+                          with_map)
 
 
 def _save_state(run: _Run, step: int, position: tuple[int, int]) -> None:
@@ -276,69 +274,3 @@ def _save_state(run: _Run, step: int, position: tuple[int, int]) -> None:
     # Every rank emits: _emit all-reduces, and a collective on rank 0 alone would pair
     # with the next step's num_boxes all_reduce on the other ranks.
     _emit(run.on_event, {"type": "checkpoint", "step": step, "path": str(path)})
-
-
-def train_step(model, criterion, optimizer, scaler, micro_batches: list[dict], device: torch.device,
-               dtype: torch.dtype, grad_clip: float, step: int) -> dict[str, float]:
-    """One optimiser step over `micro_batches`; returns the step's loss terms (sums over micro-batches).
-
-    Every micro-batch loss is divided by the num_boxes / find-query count of the
-    whole step, so summing their gradients is the gradient of the whole batch; the
-    returned terms are those of the whole batch too (mean over ranks).
-    """
-    all_targets = [t for batch in micro_batches for t in batch["targets"]]
-    num_boxes = compute_num_boxes(all_targets, device)
-    num_find_queries = compute_num_find_queries(all_targets, device)
-    optimizer.zero_grad(set_to_none=True)
-    logged: dict[str, float] = {}
-    for index, batch in enumerate(micro_batches):
-        targets = [_target_to(t, device) for t in batch["targets"]]
-        last = index == len(micro_batches) - 1
-        sync = model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                outputs = forward_with_layer_outputs(model, batch["pixel_values"].to(device),
-                                                     batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            _check_finite_outputs(outputs, step)
-            losses = criterion(outputs, targets, num_boxes, num_find_queries)
-            _check_finite(losses, step)
-            scaler.scale(losses["loss"]).backward()
-        for name, value in losses.items():
-            if name != "num_boxes":
-                logged[name] = logged.get(name, 0.0) + float(value.detach())
-    scaler.unscale_(optimizer)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip > 0 else math.inf)
-    scaler.step(optimizer)
-    scaler.update()
-    # Each rank's terms cover its own find-queries over the global num_boxes / world, so the
-    # whole batch's term is their mean over ranks (rank 0's alone is a noisy part of it).
-    names = sorted(logged)
-    averaged = dist.all_reduce_mean(torch.tensor([logged[name] for name in names], dtype=torch.float64, device=device))
-    return {**dict(zip(names, averaged.tolist())), "num_boxes": float(num_boxes), "grad_norm": float(grad_norm)}
-
-
-def _check_finite_outputs(outputs: dict, step: int) -> None:
-    """Name a non-finite prediction before the matcher sees it (scipy refuses NaN costs with a ValueError)."""
-    layers = [("", outputs)] + [(f"_{layer}", aux) for layer, aux in enumerate(outputs["aux_outputs"])]
-    tensors = {f"{name}{suffix}": layer_outputs[name] for suffix, layer_outputs in layers
-               for name in ("pred_logits", "pred_boxes", "presence_logits", "pred_masks") if name in layer_outputs}
-    if bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
-        return  # one host sync per micro-batch; the details only on failure
-    for name, tensor in tensors.items():
-        bad = ~torch.isfinite(tensor)
-        if bad.any():
-            raise NonFiniteLossError(step, name, float(tensor.detach()[bad][0]), kind="model output")
-
-
-def _check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    if torch.isfinite(losses["loss"]):
-        return
-    for name, value in losses.items():
-        if not name.startswith("weighted/") and name != "loss" and not torch.isfinite(value):
-            raise NonFiniteLossError(step, name, float(value))
-    raise NonFiniteLossError(step, "loss", float(losses["loss"]))
-
-
-def _target_to(target: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in target.items()}

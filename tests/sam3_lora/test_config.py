@@ -229,6 +229,38 @@ def test_precision_and_device_resolution_on_cpu():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ConfigError, match="device: cuda"):
             resolve_device("cuda")
-    assert resolve_precision("bf16", "cpu") == torch.bfloat16  # this torch computes bf16 on CPU
+    for low in ("bf16", "fp16"):  # refused on a CPU: several times slower than fp32 there, nothing saved
+        with pytest.raises(ConfigError, match=f"precision: {low} needs a CUDA GPU.*use fp32 or auto"):
+            resolve_precision(low, "cpu")
     with pytest.raises(ConfigError, match="precision: unknown"):
         resolve_precision("fp8", "cpu")
+
+
+def test_the_full_preset_file_lists_the_components_of_presets_full():
+    from sam3_lora.lora import PRESETS
+
+    text = (CONFIGS_DIR / "full_lora.yaml").read_text()
+    line = next(line for line in text.splitlines() if line.strip().startswith("preset: full"))
+    assert tuple(line.split("same as [", 1)[1].split("]", 1)[0].split(", ")) == PRESETS["full"]
+    assert TrainConfig.from_yaml(CONFIGS_DIR / "full_lora.yaml").checkpoint_vision
+
+
+def test_gradient_checkpointing_defaults_to_lora_in_the_vit():
+    assert not TrainConfig.from_dict(MINIMAL).checkpoint_vision  # decoder preset: frozen ViT, nothing to keep
+    assert TrainConfig.from_dict(with_change("lora.preset", "full")).checkpoint_vision
+    assert TrainConfig.from_dict(with_change("lora.preset", ["vision"])).checkpoint_vision
+    values = with_change("lora.preset", "full")
+    values["gradient_checkpointing"] = False
+    assert not TrainConfig.from_dict(values).checkpoint_vision
+
+
+def test_loader_workers_and_backbone_cache_are_checked():
+    assert TrainConfig.from_dict(MINIMAL).data.num_workers is None  # chosen from the CPU count at train time
+    assert TrainConfig.from_dict(with_change("data.num_workers", 0)).data.num_workers == 0
+    assert "data.num_workers: must be >= 0" in config_error(with_change("data.num_workers", -1))
+    assert "needs augmentation off" in config_error(with_change("data.cache_backbone", True))
+    values = with_change("data.cache_backbone", True)
+    values["data"]["augment"] = {"hflip_prob": 0.0, "scale_jitter": [1, 1]}
+    assert TrainConfig.from_dict(values).data.cache_backbone
+    values["lora"] = {"preset": "full"}
+    assert "needs a ViT without LoRA" in config_error(values)

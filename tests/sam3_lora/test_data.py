@@ -350,3 +350,19 @@ def test_augmentation_is_reproducible_from_the_generator(hand_made, tokenizer):
 def test_augment_settings_are_validated(kwargs):
     with pytest.raises(ValueError, match="hflip_prob|scale_min"):
         AugmentSettings(**kwargs)
+
+
+@pytest.mark.parametrize("height, width, size", [(30, 40, 112), (37, 13, 16), (300, 400, 56)])
+def test_bool_mask_resizing_equals_nearest_exact_on_floats(height, width, size):
+    from sam3_lora.coco import masks_at_size, resize_masks_nearest, rles_at_size
+
+    rng = np.random.default_rng(height)
+    masks = (rng.random((3, height, width)) > 0.7).astype(np.uint8)
+    masks[2] = 0
+    masks[2, 1, 1] = 1  # one input pixel: may vanish under nearest sampling, then keeps its best pixel
+    source = torch.from_numpy(masks).bool()
+    expected = torch.nn.functional.interpolate(source[:, None].float(), size=(size, size), mode="nearest-exact")
+    assert torch.equal(resize_masks_nearest(source, size, size), expected[:, 0].bool())
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+    assert torch.equal(rles_at_size(rles, size), masks_at_size(masks, size))
+    assert rles_at_size(rles, size).flatten(1).any(dim=1).all()

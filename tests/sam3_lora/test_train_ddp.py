@@ -28,7 +28,6 @@ from transformers import Sam3Model
 
 from sam3_lora import dist
 from sam3_lora.config import TrainConfig
-from sam3_lora.data import set_loader_epoch
 from sam3_lora.synthetic import write_synthetic_coco
 from sam3_lora.tiny import build_tiny_tokenizer
 from sam3_lora.train import _setup_distributed
@@ -129,8 +128,9 @@ def _collect_rank_split(rank: int, world: int, port: int, config: dict, out_dir:
         data = build_train_data(cfg, build_tiny_tokenizer(), 112)
         orders = []
         for epoch in (0, 1):
-            set_loader_epoch(data.loader, epoch)
-            orders.append(list(data.loader.sampler))
+            data.sampler.set_epoch(epoch)
+            orders.append(list(data.sampler))
+        data.close()
         torch.save({"world": dist.world_size(), "rank": dist.rank(), "orders": orders,
                     "dataset_size": len(data.train), "batches_per_epoch": data.batches_per_epoch},
                    Path(out_dir) / f"rank{rank}.pt")

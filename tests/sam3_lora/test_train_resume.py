@@ -6,6 +6,9 @@
   LoRA dropout and point-sampled mask losses (torch RNG), augmentation and negatives
   (seeded per epoch), gradient accumulation with a short last step per epoch, and a
   stop in the middle of the second epoch.
+- The same after a SIGKILL (trainer and loader workers) right after the step-4
+  checkpoint: the resumed steps' losses are bit-identical to the uninterrupted run's,
+  with 2 loader workers in every run.
 - A stale temp file in checkpoints/ (a save killed mid-write) is removed at start.
 - A non-finite loss raises NonFiniteLossError naming the step and the term, both for
   an injected NaN and for a real blow-up (lr 1e30); the last good checkpoint stays
@@ -14,17 +17,27 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import sam3_lora.train as train_module
+import sam3_lora.train_step as train_step_module
 from sam3_lora.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
 from sam3_lora.config import TrainConfig
 from sam3_lora.synthetic import write_synthetic_coco
 from sam3_lora.train import NonFiniteLossError, train
+from tests.waiting import wait_until, work_deadline_s
+
+REPO = Path(__file__).resolve().parents[2]
 
 STEPS = 8
 STOP_AT = 4
@@ -33,7 +46,7 @@ LOSS_TERMS = ("loss", "loss_bbox", "loss_giou", "loss_ce", "loss_presence", "los
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """5 images, 2 concepts: 9 find-queries, 5 micro-batches of <= 2 per epoch, so steps of 2 + 2 + 1 batches."""
+    """5 images, 2 concepts: 9 find-queries, 5 micro-batches of 1 image per epoch, so steps of 2 + 2 + 1 batches."""
     root = tmp_path_factory.mktemp("resume-data")
     return write_synthetic_coco(root, num_images=5, image_size=112, concepts=("circle", "square"), seed=3)
 
@@ -43,7 +56,8 @@ def make_config(tiny_model_dir: Path, annotations: Path, output_dir: Path, **cha
         "model": {"source": str(tiny_model_dir)},
         "lora": {"preset": "decoder", "rank": 4, "alpha": 8, "dropout": 0.1},
         "data": {"train_annotations": str(annotations), "train_images": str(annotations.parent / "images"),
-                 "val_fraction": 0.0, "batch_size": 2, "negatives_per_image": 1},
+                 "val_fraction": 0.0, "batch_size": 1, "negatives_per_image": 1,
+                 "num_workers": 2},
         "optim": {"lr": 1e-3, "grad_accumulation": 2},
         "schedule": {"max_steps": STEPS, "warmup_steps": 2},
         "loss": {"num_points": 500},
@@ -61,9 +75,15 @@ def step_losses(history: list[dict]) -> dict[int, dict[str, float]]:
             for event in history if event["type"] == "step"}
 
 
-def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tiny_model_dir, dataset, tmp_path):
-    whole = train(make_config(tiny_model_dir, dataset, tmp_path / "whole"))
-    assert whole.steps == STEPS
+@pytest.fixture(scope="module")
+def whole(tiny_model_dir, dataset, tmp_path_factory):
+    """The uninterrupted run (2 loader workers, a checkpoint every 2 steps, which changes no number)."""
+    result = train(make_config(tiny_model_dir, dataset, tmp_path_factory.mktemp("whole"), checkpoint_every=2))
+    assert result.steps == STEPS
+    return result
+
+
+def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tiny_model_dir, dataset, whole, tmp_path):
 
     stopped_dir = tmp_path / "stopped"
     stopped = train(make_config(tiny_model_dir, dataset, stopped_dir),
@@ -85,14 +105,51 @@ def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tiny_model_dir, da
 
     expected, got = step_losses(whole.history), step_losses(resumed.history)
     assert sorted(got) == sorted(expected) == list(range(1, STEPS + 1))
-    for step in expected:
-        for term in LOSS_TERMS:
-            assert got[step][term] == pytest.approx(expected[step][term], rel=1e-6, abs=1e-5), (step, term)
+    assert got == expected  # bit-identical, loader workers on
     whole_lora = load_file(whole.adapter_dir / "adapter_model.safetensors")
     resumed_lora = load_file(resumed.adapter_dir / "adapter_model.safetensors")
     assert whole_lora.keys() == resumed_lora.keys()
     for key in whole_lora:
-        torch.testing.assert_close(resumed_lora[key], whole_lora[key], rtol=1e-5, atol=1e-6, msg=key)
+        assert torch.equal(resumed_lora[key], whole_lora[key]), key
+
+
+# Trains until its step-STOP_AT checkpoint is saved, says so, then waits to be killed
+# (its loader workers alive, the next step's batches prefetched).
+PARKED_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from sam3_lora.config import TrainConfig
+    from sam3_lora.train import train
+
+    def on_event(event):
+        if event["type"] == "checkpoint" and event["step"] == int(sys.argv[2]):
+            Path(sys.argv[3]).write_text("saved")
+            time.sleep(600)
+
+    train(TrainConfig.from_yaml(sys.argv[1]), on_event)
+""")
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_bit_identically(tiny_model_dir, dataset, whole, tmp_path):
+    run_dir, marker = tmp_path / "killed", tmp_path / "saved"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(make_config(tiny_model_dir, dataset, run_dir, checkpoint_every=2).to_dict()))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", PARKED_RUN, str(config), str(STOP_AT), str(marker)],
+                               env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: marker.exists() or process.poll() is not None, "the run saves its step-4 checkpoint",
+                   work_deadline_s(30, STOP_AT, 3), lambda: "")
+        assert marker.exists(), process.communicate()[0].decode()[-3000:]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the trainer and its loader workers, no clean-up
+        process.wait()
+    resumed = train(make_config(tiny_model_dir, dataset, run_dir, checkpoint_every=2, resume="auto"))
+    expected = step_losses(whole.history)
+    got = step_losses(resumed.history)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert {step: got[step] for step in range(STOP_AT + 1, STEPS + 1)} == \
+        {step: expected[step] for step in range(STOP_AT + 1, STEPS + 1)}  # bit-identical after the kill
 
 
 def nan_at_third_call(function, corrupt):
@@ -120,8 +177,8 @@ def nan_giou_term(losses: dict) -> dict:
 def test_an_injected_nan_names_step_and_term_and_keeps_the_last_checkpoint(where, term, tiny_model_dir, dataset,
                                                                           tmp_path, monkeypatch):
     if where == "output":
-        monkeypatch.setattr(train_module, "forward_with_layer_outputs",
-                            nan_at_third_call(train_module.forward_with_layer_outputs, nan_presence_output))
+        monkeypatch.setattr(train_step_module, "forward_with_layer_outputs",
+                            nan_at_third_call(train_step_module.forward_with_layer_outputs, nan_presence_output))
     else:
         real_build = train_module.build_criterion
         monkeypatch.setattr(train_module, "build_criterion",
