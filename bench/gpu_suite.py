@@ -16,7 +16,9 @@ and full:
 - the largest batch (images) that fits: train_step at 1, 2, 4, ... images until
   out of memory, MAX_BATCH, or the time budget.
 Then Find all on one image with 4 phrases (predict_many): uncached (backbone pass
-included) and cached (BackboneCache hit), fp32 and bf16 weights.
+included) and cached (BackboneCache hit), fp32 and bf16 weights; and the pre-label
+job's model pass (propose_batch, 8 phrases per image, bench/prelabel_bench.py) in
+images/s at image batches 1, 4 and 8 with the training precision.
 
 The model is Sam3Model(Sam3Config()) with random weights (840M parameters, 1008 px),
 saved and loaded through load_sam3 as the trainer does; the data is a synthetic set
@@ -40,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_bench import write_jpeg_set  # noqa: E402  (bench/ is not a package)
+from prelabel_bench import PHRASES as PRELABEL_PHRASES, model_images_per_s  # noqa: E402
 
 from sam3_lora.config import TrainConfig  # noqa: E402
 from sam3_lora.data import FindQueryDataset  # noqa: E402
@@ -227,7 +230,32 @@ def main() -> None:
             else:
                 uncached, cached = find_all_latency(model_dir, image, phrases, device, dtype)
                 find_rows.append((name, f"{uncached:.1f} ms", f"{cached:.1f} ms"))
+        prelabel_rows = prelabel_rates(model_dir, device, train_dtype, size, budget, (1, 2) if args.tiny else (1, 4, 8))
     print_table(device, rows, find_rows, len(phrases), size)
+    print(f"\nPre-label model pass, {len(PRELABEL_PHRASES)} phrases per image (propose_batch), {train_dtype}:")
+    print("| image batch | images/s |")
+    print("|-------------|----------|")
+    for image_batch, rate in prelabel_rows:
+        print(f"| {image_batch} | {rate} |")
+
+
+def prelabel_rates(model_dir: Path, device: torch.device, dtype: torch.dtype, size: int, budget: Budget,
+                   image_batches: tuple[int, ...]) -> list[tuple[int, str]]:
+    """[(image batch, "N.NN" images/s or why skipped)] of the pre-label job's model pass."""
+    model, tokenizer = load_sam3(model_dir)
+    model = model.to(device=device, dtype=dtype).eval()
+    rates = []
+    for image_batch in image_batches:
+        if not budget.allows(15 if device.type == "cuda" else 2):
+            rates.append((image_batch, "skipped (time budget)"))
+            continue
+        rate = model_images_per_s(model, tokenizer, size, image_batch, PRELABEL_PHRASES, batches=3)
+        rates.append((image_batch, f"{rate:.2f}"))
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rates
 
 
 def save_suite_model(folder: Path, tiny: bool, device: torch.device) -> Path:

@@ -2,7 +2,7 @@
 
 The suite is meant for one H100/H200; this smoke test keeps its code paths (presets
 read from configs/, train() through the loader, FLOP counting, the largest-batch
-search, Find all cached / uncached) working where there is no GPU. No timing is checked.
+search, Find all cached / uncached, the pre-label model pass) working where there is no GPU. No timing is checked.
 """
 from __future__ import annotations
 
@@ -29,3 +29,7 @@ def test_the_gpu_suite_runs_tiny_on_a_cpu_and_prints_every_row(tmp_path):
         assert cells[7].startswith(">= 2"), row  # batches 1 and 2 fit the tiny model
     assert "| full     | points | 32 / 0.1 / 1" in table and "| on " in table  # the full preset checkpoints the ViT
     assert "| fp32 | " in table and " ms | " in table and "bf16 refused" in table
+    prelabel = table.split("Pre-label model pass", 1)[1]
+    rates = {int(cells[0]): float(cells[1]) for cells in
+             ([cell.strip() for cell in line.strip("|").split("|")] for line in prelabel.splitlines()[3:] if line.startswith("| "))}
+    assert set(rates) == {1, 2} and min(rates.values()) > 0, prelabel
