@@ -6,6 +6,10 @@
     choice = "base" | an adapter folder  -> load_predictor(base source, adapter)
              at most `max_loaded` predictors stay in memory (least recently used leaves)
 
+    tracker = load_tracker(base source)                       first click; one per base SAM3 (adapters
+             train the Sam3Model only; clicks read the chosen model's ViT features, cached
+             in `cache` and shared with Find all)
+
 One `ProposalModels` per studio process (Studio.models). Loading is serialised by a
 lock; predictions on a loaded model run concurrently with other work. Jobs train on
 `status().source`, so a fine-tune uses the same SAM3 the proposals came from.
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from app.settings import Settings
 from sam3_lora.model import ModelLoadError
+from sam3_lora.interactive import load_tracker
 from sam3_lora.predict import BackboneCache, load_predictor
 
 logger = logging.getLogger(__name__)
@@ -50,22 +55,29 @@ class ModelStatus:
 
 
 def tiny_model_folder(settings: Settings) -> Path:
-    """DATA_DIR/models/tiny-sam3, written on first call (seeded, so every studio gets the same weights)."""
-    from sam3_lora.tiny import save_tiny_sam3
+    """DATA_DIR/models/tiny-sam3, written on first call (seeded, so every studio gets the same weights);
+    a folder written before the click tracker existed gets its tracker/ added."""
+    from sam3_lora.tiny import TRACKER_SUBFOLDER, save_tiny_sam3, save_tiny_tracker
 
     folder = settings.DATA_DIR / TINY_FOLDER
     if not (folder / "config.json").is_file():
         save_tiny_sam3(folder)
+    elif not (folder / TRACKER_SUBFOLDER / "config.json").is_file():
+        save_tiny_tracker(folder)
     return folder
 
 
 class ProposalModels:
     """Loaded predictors by choice ("base" or an adapter folder), a shared BackboneCache, the status."""
 
-    def __init__(self, settings: Settings, load: Callable = load_predictor, max_loaded: int = 2) -> None:
+    def __init__(self, settings: Settings, load: Callable = load_predictor, max_loaded: int = 2,
+                 load_click_tracker: Callable = load_tracker) -> None:
         self.settings = settings
         self.cache = BackboneCache(max_images=4)
+        self.tracker_cache = BackboneCache(max_images=4)  # the tracker's neck maps of the same images
         self._load = load
+        self._load_tracker = load_click_tracker
+        self._tracker: tuple[str, object] | None = None
         self._max_loaded = max_loaded
         self._lock = threading.Lock()
         self._status: ModelStatus | None = None
@@ -93,6 +105,14 @@ class ProposalModels:
             while len(self._loaded) > self._max_loaded:
                 self._loaded.popitem(last=False)  # least recently used; never `key`, which is last
             return self._loaded[key]
+
+    def tracker(self):
+        """The click tracker (Sam3TrackerModel) of the base SAM3 in use; loaded on first call."""
+        source = self.status().source
+        with self._lock:
+            if self._tracker is None or self._tracker[0] != source:
+                self._tracker = (source, self._load_tracker(source))
+            return self._tracker[1]
 
     def _load_base(self) -> tuple:
         requested = self.settings.SAM3_MODEL

@@ -4,7 +4,7 @@
 
 then each instance's box outline and "#id concept score" label; the selected instance
 gets a thick white-and-black outline, so it stands out on any colour. Prompt clicks
-are dots (green +, red -), a first box corner a cross. A small image is drawn
+are dots (green +, red -), a first box corner a cross, a prompt box a yellow outline. A small image is drawn
 display_scale times larger; coordinates in and out stay in image pixels (see to_image_pixels).
 """
 from __future__ import annotations
@@ -47,9 +47,10 @@ class Shape:
 def render_overlay(
     image: np.ndarray, shapes: list[Shape], selected_id: int | None = None,
     clicks: list[list[float]] | None = None, corner: list[float] | None = None,
+    box: list[float] | None = None,
 ) -> PILImage.Image:
     """image uint8 [H, W, 3] -> RGB picture (enlarged by display_scale) with the shapes, clicks
-    [[x, y, label]] and box corner, all given in image pixels."""
+    [[x, y, label]], box corner and prompt box (xyxy), all given in image pixels."""
     scale = display_scale(image.shape[:2])
     ordered = sorted(shapes, key=lambda shape: (shape.score is not None, shape.score or 0.0))
     canvas = enlarge(image, scale).astype(np.float32)
@@ -70,6 +71,8 @@ def render_overlay(
             draw.rectangle(corners, outline=hex_to_rgb(shape.color), width=line)
         draw.text((x + 3, y + 2), shape.label, fill=(255, 255, 255), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
     radius = 2 + 2 * line
+    if box is not None:
+        draw.rectangle(tuple(v * scale for v in box), outline=(255, 255, 0), width=line + 1)
     for click_x, click_y, label in clicks or []:
         click_x, click_y = (click_x + 0.5) * scale, (click_y + 0.5) * scale
         fill = POSITIVE if int(label) == 1 else NEGATIVE

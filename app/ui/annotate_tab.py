@@ -54,6 +54,7 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
                                buttons=["fullscreen"], elem_id="annotate-overlay")
             with gr.Row():
                 new_button = gr.Button("New instance", size="sm", elem_id="annotate-new")
+                other_mask_button = gr.Button("Other mask", size="sm", elem_id="annotate-other-mask")
                 clear_clicks_button = gr.Button("Clear clicks", size="sm", elem_id="annotate-clear-clicks")
         with gr.Column(scale=1, min_width=360):
             editor = gr.ImageEditor(
@@ -95,6 +96,7 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
     find_all_button.click(partial(proposals.find_all, studio), [*state, model, concept], view, **EDITS)
     threshold.release(partial(proposals.change_threshold, studio), state, view, **EDITS)
     clear_clicks_button.click(partial(proposals.clear_clicks, studio), state, view, **EDITS)
+    other_mask_button.click(partial(proposals.other_candidate, studio), [*state, model, concept], view, **EDITS)
 
     def on_overlay_click(session_value, threshold_value, mode_value, model_value, concept_value, event: gr.SelectData):
         x, y = event.index

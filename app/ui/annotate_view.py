@@ -49,7 +49,8 @@ NO_IMAGE = "choose a project with images first (upload them under Projects & Dat
 def new_session(project_id: int | None = None) -> dict[str, Any]:
     return {
         "project_id": project_id, "image_id": None, "status_filter": ALL_STATUSES, "concept_id": None,
-        "selected": None, "base_revision": None, "clicks": [], "corner": None, "undo": [],
+        "selected": None, "base_revision": None, "clicks": [], "corner": None, "box": None,
+        "candidate": 0, "undo": [],
     }
 
 
@@ -62,7 +63,7 @@ def select(session: dict[str, Any], annotation: Annotation | None) -> None:
     """Select `annotation` (None: nothing) at its current revision; prompt clicks start over."""
     session["selected"] = None if annotation is None else annotation.id
     session["base_revision"] = None if annotation is None else annotation.revision
-    session["clicks"], session["corner"] = [], None
+    session["clicks"], session["corner"], session["box"], session["candidate"] = [], None, None, 0
 
 
 # ---------------------------------------------------------------- reads
@@ -198,7 +199,8 @@ def render(
             concept.color if concept else NO_CONCEPT_COLOR, f"#{annotation.id} {concept.name if concept else ''}{score}",
             annotation.score if annotation.source == "model" else None,
         ))
-    overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"))
+    overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"),
+                             session.get("box"))
     hidden_text = f", {hidden} proposals below threshold {threshold:.2f} hidden" if hidden else ""
     info = (
         f"**{escape_markdown(image.original_name or f'image {image.id}')}** · {image.width}×{image.height} px · "
