@@ -164,7 +164,7 @@ def change_threshold(studio: Studio, session: dict[str, Any], threshold: float |
 def clear_clicks(studio: Studio, session: dict[str, Any], threshold: float | None) -> tuple:
     session = copy_session(session)
     session["clicks"], session["corner"], session["box"] = [], None, None
-    return render(studio, session, threshold, "Prompt clicks cleared.", editor=False)
+    return render(studio, session, threshold, "Prompt clicks cleared.", editor=False, listing=False)
 
 
 def _instance_at(studio: Studio, session: dict[str, Any], threshold: float, x: float, y: float):
@@ -198,7 +198,7 @@ def overlay_click(
         if hit is None:
             return render(studio, session, threshold, f"No shown instance at ({x:.0f}, {y:.0f}).", editor=False)
         select(session, hit)
-        return render(studio, session, threshold, f"Selected #{hit.id} (revision {hit.revision}).")
+        return render(studio, session, threshold, f"Selected #{hit.id} (revision {hit.revision}).", listing=False)
     if mode == MODE_BOX and session.get("corner") is None:
         session["corner"] = [x, y]
         return render(studio, session, threshold, f"Box corner at ({x:.0f}, {y:.0f}): click the opposite corner.", editor=False)

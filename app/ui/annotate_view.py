@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from app.store.masks import rle_from_json, rle_to_mask
 from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
 from app.studio import Studio
-from app.ui.annotate_masks import concept_brush, editor_value
+from app.ui.annotate_masks import EDITOR_CANVAS, concept_brush, editor_background, editor_value
 from app.ui.messages import escape_markdown
 from app.ui.annotate_overlay import Shape, render_overlay
 
@@ -70,6 +72,8 @@ def select(session: dict[str, Any], annotation: Annotation | None) -> None:
 
 _PIXELS: OrderedDict[Path, np.ndarray] = OrderedDict()
 _PIXELS_KEPT = 4
+BACKGROUND_DIR = Path(tempfile.gettempdir()) / "sam3-studio-editor"
+FAST_PATHS = True  # False: every render rebuilds all outputs and re-encodes the editor background (bench: "before")
 
 
 def image_pixels(studio: Studio, image: Image) -> np.ndarray:
@@ -88,6 +92,18 @@ def image_pixels(studio: Studio, image: Image) -> np.ndarray:
     while len(_PIXELS) > _PIXELS_KEPT:
         _PIXELS.popitem(last=False)
     return pixels
+
+
+def background_file(image: Image, pixels: np.ndarray) -> str:
+    """The editor background of `image` as a PNG written once (an image's pixels never change): every
+    later render sends the path, and gradio copies the file instead of encoding ~0.5M pixels again."""
+    path = BACKGROUND_DIR / f"{Path(image.path).stem}-{image.id}-{EDITOR_CANVAS[0]}x{EDITOR_CANVAS[1]}.png"
+    if not path.is_file():
+        BACKGROUND_DIR.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        PILImage.fromarray(editor_background(pixels)).save(partial, format="PNG", compress_level=1)
+        os.replace(partial, path)
+    return str(path)
 
 
 def open_image_row(studio: Studio, session: dict[str, Any]) -> Image:
@@ -163,17 +179,23 @@ def editor_for(studio: Studio, session: dict[str, Any], image: Image | None = No
             mask, concept_id = annotation_mask(annotation), annotation.concept_id
     concept = concepts.get(concept_id) or next(iter(concepts.values()), None)
     color = concept.color if concept else NO_CONCEPT_COLOR
-    return gr.update(value=editor_value(pixels, mask, color), brush=concept_brush(color))
+    background = background_file(image, pixels) if FAST_PATHS else None
+    return gr.update(value=editor_value(pixels, mask, color, background), brush=concept_brush(color))
 
 
 def render(
     studio: Studio, session: dict[str, Any], threshold: float | None, message: str,
-    *, editor: bool = True,
+    *, editor: bool = True, listing: bool = True,
 ) -> tuple:
     """The seven VIEW_OUTPUTS for the session's image. editor=False leaves the editor as the user has it
-    (after a refused save the edit must stay); the selection is dropped if its annotation is gone."""
+    (after a refused save the edit must stay); listing=False leaves the image list and the image line
+    as they are (a selection changes neither: three queries and two outputs fewer); the selection is
+    dropped if its annotation is gone."""
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    image_list, position = _image_list(studio, session)
+    if not listing and session.get("image_id") is not None and FAST_PATHS:
+        image_list, position = gr.update(), None
+    else:
+        image_list, position, listing = *_image_list(studio, session), True
     if session.get("image_id") is None:
         select(session, None)
         blank = gr.update(value=None) if editor else gr.update()
@@ -208,6 +230,7 @@ def render(
         f"**{image.status}** · {position} · {len(shown)} instances shown{hidden_text}"
     )
     rows = [_table_row(annotation, concepts, selected) for annotation in shown]
+    info = info if listing else gr.update()
     return (session, image_list, info, overlay, editor_for(studio, session, image) if editor else gr.update(), rows, message)
 
 
