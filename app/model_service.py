@@ -1,7 +1,9 @@
 """The SAM3 the studio proposes with: SAM3_MODEL, or the tiny random SAM3 when that cannot load.
 
     base   = load_predictor(SAM3_MODEL)                      first use, once per process
-             on ModelLoadError: DATA_DIR/models/tiny-sam3 (written once) and a banner
+             on ModelLoadError, or at once when SAM3_MODEL is a hub id that is not cached and
+             HF_HUB_OFFLINE is set or the hub does not answer in 1 s (hub_unreachable):
+             DATA_DIR/models/tiny-sam3 (written once) and a banner
              saying the masks are random, with the reason
     choice = "base" | an adapter folder  -> load_predictor(base source, adapter)
              at most `max_loaded` predictors stay in memory (least recently used leaves)
@@ -17,11 +19,14 @@ lock; predictions on a loaded model run concurrently with other work. Jobs train
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from app.settings import Settings
 from sam3_lora.model import ModelLoadError
@@ -32,6 +37,31 @@ logger = logging.getLogger(__name__)
 
 BASE = "base"
 TINY_FOLDER = "models/tiny-sam3"
+HUB_PROBE_TIMEOUT_S = 1.0  # without network the hub client retries for 25-54 s before giving up
+
+
+def hub_unreachable(requested: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str:
+    """Why `requested` cannot come from the hub right now ("" when it may): it is not a local folder,
+    not in the local Hugging Face cache, and HF_HUB_OFFLINE is set or the hub host does not answer
+    a TCP connect within `timeout_s`."""
+    if Path(requested).exists():
+        return ""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(requested, "config.json"), str):
+            return ""  # cached: from_pretrained can load it without the network
+    except Exception:  # not a valid repo id: the loader will name the problem
+        return ""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return f"HF_HUB_OFFLINE is set and {requested} is not in the local Hugging Face cache"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"no network: {host}:{port} did not answer within {timeout_s:g} s ({error.__class__.__name__})"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -117,6 +147,8 @@ class ProposalModels:
     def _load_base(self) -> tuple:
         requested = self.settings.SAM3_MODEL
         try:
+            if unreachable := hub_unreachable(requested):  # fall back at once, not after the hub's retries
+                raise ModelLoadError(unreachable)
             predictor = self._load(requested)
             self._status = ModelStatus(requested=requested, source=requested)
         except ModelLoadError as error:
