@@ -35,7 +35,7 @@ from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
     render, select,
 )
-from app.ui.messages import refusal
+from app.ui.messages import count_of, refusal
 from app.ui.proposal_choices import BASE_CHOICE, adapter_folder_of_choice
 from sam3_lora.interactive import segment_object
 from sam3_lora.predict import Instance, predict
@@ -144,14 +144,15 @@ def _find_all_message(name: str, model_choice: str | None, created: list, replac
     else:
         above = sum(a.score >= threshold for a in created)
         message = (
-            f"Find all **{name}** ({_model_name(model_choice)}): {len(created)} proposals, scores "
+            f"Find all **{name}** ({_model_name(model_choice)}): {count_of(len(created), 'proposal')}, scores "
             f"{created[-1].score:.2f}–{created[0].score:.2f}, {above} at or above the threshold {threshold:.2f}. "
             f"Selected the best, #{created[0].id}: correct it with the brush and Save (s), or Accept (a) / Reject (r)."
         )
     if replaced:
-        message += f" Replaced {replaced} earlier unreviewed proposals of {name}."
+        message += f" Replaced {count_of(replaced, 'earlier unreviewed proposal')} of {name}."
     if kept:
-        message += f" {kept} proposals changed by someone else meanwhile were left as they are."
+        message += (f" {count_of(kept, 'proposal')} changed by someone else meanwhile "
+                    f"{'was' if kept == 1 else 'were'} left as {'it is' if kept == 1 else 'they are'}.")
     return message
 
 

@@ -32,7 +32,7 @@ from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
 from app.studio import Studio
 from app.ui.annotate_masks import EDITOR_CANVAS, concept_brush, editor_background, editor_value
-from app.ui.messages import escape_markdown
+from app.ui.messages import count_of, escape_markdown
 from app.ui.annotate_overlay import Shape, render_overlay
 
 logger = logging.getLogger(__name__)
@@ -223,11 +223,11 @@ def render(
         ))
     overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"),
                              session.get("box"))
-    hidden_text = f", {hidden} proposals below threshold {threshold:.2f} hidden" if hidden else ""
+    hidden_text = f", {count_of(hidden, 'proposal')} below threshold {threshold:.2f} hidden" if hidden else ""
     info = (
         f"**{escape_markdown(image.original_name or f'image {image.id}')}** · {image.width}×{image.height} px · "
         f"split {image.split} · "
-        f"**{image.status}** · {position} · {len(shown)} instances shown{hidden_text}"
+        f"**{image.status}** · {position} · {count_of(len(shown), 'instance')} shown{hidden_text}"
     )
     rows = [_table_row(annotation, concepts, selected) for annotation in shown]
     info = info if listing else gr.update()

@@ -152,3 +152,14 @@ def test_model_errors_are_messages_and_change_nothing(studio):
     assert "no longer exists" in clicked["message"]
     assert {a.id: a.revision for a in live(studio, image_id).values()} == before, "nothing saved was touched"
     assert too_long["session"]["selected"] == session["selected"]
+
+
+def test_one_proposal_is_counted_in_the_singular():
+    from types import SimpleNamespace
+
+    one = [SimpleNamespace(id=7, score=0.9)]
+    message = proposals._find_all_message("crack", "base", one, replaced=1, kept=1, threshold=0.5)
+    assert "1 proposal," in message and "1 proposals" not in message
+    assert "Replaced 1 earlier unreviewed proposal of" in message and "1 proposal changed by someone else" in message
+    two = proposals._find_all_message("crack", "base", one * 2, replaced=2, kept=0, threshold=0.5)
+    assert "2 proposals," in two and "Replaced 2 earlier unreviewed proposals of" in two
