@@ -54,7 +54,8 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
         with gr.Column(scale=1, min_width=360):
             mode = gr.Radio(list(proposals.CLICK_MODES), value=proposals.MODE_SELECT, label="A click on the image does",
                             elem_id="annotate-click-mode")
-            overlay = gr.Image(label="Instances (click one to select it)", type="pil", format=OVERLAY_FORMAT, interactive=False,
+            gr.Markdown("Instances: click one to select it", elem_id="annotate-overlay-caption")
+            overlay = gr.Image(label="Instances", show_label=False, type="pil", format=OVERLAY_FORMAT, interactive=False,
                                buttons=["fullscreen"], elem_id="annotate-overlay")
             with gr.Row():
                 new_button = gr.Button("New instance", size="sm", elem_id="annotate-new")

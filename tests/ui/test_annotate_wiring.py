@@ -61,3 +61,22 @@ def test_one_sessions_events_never_overlap_and_two_sessions_run_side_by_side():
         thread.join()
     assert overlap["same"] == 1, "events of one session overlapped"
     assert overlap["across"] == 2, "two sessions waited for each other"
+
+
+def test_labels_of_look_alikes_side_by_side_do_not_overlap_and_stay_on_the_canvas():
+    from app.ui.annotate_overlay import label_positions
+
+    anchors = [(10, 10), (14, 12), (12, 11), (300, 5), (395, 590)]  # three boxes starting at nearly one corner
+    sizes = [(80, 14)] * len(anchors)
+    spots = label_positions(anchors, sizes, (400, 600))
+    boxes = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(spots, sizes)]
+    for i, a in enumerate(boxes):
+        assert 0 <= a[0] and a[2] <= 400 and 0 <= a[1] and a[3] <= 600, a
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_the_overlay_caption_does_not_cover_the_picture(studio):
+    demo = build_app(studio)
+    overlay = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "annotate-overlay")
+    assert overlay.show_label is False, "gradio draws the label over the image's top-left corner, on the labels"
