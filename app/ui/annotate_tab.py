@@ -14,6 +14,7 @@ import gradio as gr
 
 from app.studio import Studio
 from app.ui import annotate_edits as edits
+from app.ui import annotate_memory as memory
 from app.ui import annotate_navigation as navigation
 from app.ui import annotate_proposals as proposals
 from app.ui.annotate_masks import EDITOR_CANVAS, LAYER_NAME, concept_brush
@@ -33,6 +34,7 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
     Returns the proposal-model dropdown (values from app.ui.proposal_choices), which the Models tab sets."""
     tab = gr.context.Context.block  # the enclosing gr.Tab: entering it refreshes lists changed elsewhere
     session = gr.State(new_session())
+    remembered = gr.BrowserState({}, storage_key=memory.STORAGE_KEY)  # open image + threshold per project
     with gr.Row(equal_height=True):
         status_filter = gr.Radio(list(navigation.STATUS_FILTERS), value=ALL_STATUSES, label="Show",
                                  elem_id="annotate-status-filter", scale=2)
@@ -89,7 +91,10 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
         return event.then(partial(navigation.concept_choices, studio), [project, concept], [concept]).then(
             partial(navigation.model_choices, studio), [project, model], [model])
 
-    refresh_dropdowns(project.change(ordered(partial(navigation.open_project, studio)), [*state, project], view, **EDITS))
+    opened = project.change(ordered(partial(navigation.open_project, studio)), [*state, project], view, **EDITS)
+    refresh_dropdowns(opened.then(ordered(partial(memory.restore, studio)), [*state, remembered], [*view, threshold], **EDITS))
+    session.change(memory.remember, [remembered, session, threshold], [remembered], queue=False, show_progress="hidden")
+    threshold.change(memory.remember, [remembered, session, threshold], [remembered], queue=False, show_progress="hidden")
     if isinstance(tab, gr.Tab):
         refresh_dropdowns(tab.select(ordered(partial(navigation.refresh_tab, studio)), [*state, project], view, **EDITS))
     concept.change(ordered(partial(navigation.pick_concept, studio)), [session, concept], [session, find_all_button], **EDITS)
