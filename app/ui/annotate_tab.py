@@ -96,7 +96,11 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
     session.change(memory.remember, [remembered, session, threshold], [remembered], queue=False, show_progress="hidden")
     threshold.change(memory.remember, [remembered, session, threshold], [remembered], queue=False, show_progress="hidden")
     if isinstance(tab, gr.Tab):
-        refresh_dropdowns(tab.select(ordered(partial(navigation.refresh_tab, studio)), [*state, project], view, **EDITS))
+        entered = tab.select(ordered(partial(navigation.refresh_tab, studio)), [*state, project], view, **EDITS)
+        # the remembered place is read again on entering the tab: the browser may fill the BrowserState
+        # only after the project's first opening (it did in Chromium: the tab is drawn on first entry)
+        refresh_dropdowns(entered.then(ordered(partial(memory.restore, studio)), [*state, remembered], [*view, threshold],
+                                       **EDITS))
     concept.change(ordered(partial(navigation.pick_concept, studio)), [session, concept], [session, find_all_button], **EDITS)
     image_list.input(ordered(partial(navigation.open_image, studio)), [*state, image_list], view, **EDITS)
     prev_button.click(ordered(partial(navigation.step_image, studio, step=-1)), state, view, **EDITS)

@@ -1,7 +1,8 @@
 """Click segmentation in real headless Chromium against `sam3-studio` (no worker), tiny SAM3:
 an image of three look-alike disks; a + click on one disk makes ONE instance whose mask is
 the click tracker's answer for that click (not every look-alike, as a concept prompt gives),
-then a − click refines the same instance with its mask as a prompt.
+then a − click refines the same instance with its mask as a prompt; a threshold typed into
+its number box survives a page reload.
 
 The tiny tracker's weights are random, so the test checks the mask against the tracker run
 directly on the same weights (sam3_lora.interactive.segment_object), not against the disk.
@@ -108,6 +109,18 @@ def test_a_click_segments_one_of_several_look_alikes_and_a_negative_click_refine
         page.locator("#annotate-click-mode").get_by_label("− click").check()
         click_image_pixel(page, *minus)
         text = wait_message(page, "Refined #", "No object fits")
+
+        # a threshold typed into the number box is kept, in this browser, across a reload
+        number = page.locator("#annotate-threshold input[type=number]").first
+        number.fill("0.3")
+        number.press("Enter")
+        page.wait_for_function("() => document.querySelector('#annotate-image-info').innerText.includes('instance')",
+                               timeout=WAIT_MS)
+        page.wait_for_timeout(1000)
+        page.reload()
+        page.get_by_role("tab", name="Annotate", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#annotate-threshold input[type=number]').value === '0.3'",
+                               timeout=WAIT_MS)
         browser.close()
     refined = segment_object(model, tracker, image, [plus, minus], [1, 0], mask=first)[0].mask
     after = model_masks(data_dir)
