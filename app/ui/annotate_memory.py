@@ -38,7 +38,7 @@ def restore(studio: Studio, session: dict[str, Any], threshold: float | None, me
     entry = (memory or {}).get(str(session.get("project_id")))
     if not isinstance(entry, dict):
         return unchanged
-    remembered = entry.get("threshold")
+    remembered, current = entry.get("threshold"), threshold
     threshold = float(remembered) if isinstance(remembered, (int, float)) and 0 <= remembered <= 1 else threshold
     image_id = entry.get("image_id")
     try:
@@ -48,5 +48,7 @@ def restore(studio: Studio, session: dict[str, Any], threshold: float | None, me
     if image.project_id != session.get("project_id"):
         return unchanged
     if image.id == session.get("image_id"):
-        return (*render(studio, copy_session(session), threshold, ""), threshold)
+        if threshold == current:  # already there: nothing to send (this runs on every tab entry)
+            return unchanged
+        return (*render(studio, copy_session(session), threshold, "", editor=False, listing=False), threshold)
     return (*open_image(studio, session, threshold, image.id), threshold)

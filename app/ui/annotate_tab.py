@@ -29,8 +29,10 @@ EDITS = {"concurrency_id": "annotate", "concurrency_limit": SESSION_PARALLELISM,
 OVERLAY_FORMAT = "jpeg"  # encodes ~10x faster than PNG; the overlay is only looked at
 
 
-def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> gr.Dropdown:
-    """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown.
+def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown,
+                       open_request: tuple[gr.Button, gr.State] | None = None) -> gr.Dropdown:
+    """Build the tab inside the current gr.Tab; `project` is the Projects & Data tab's project dropdown,
+    `open_request` its "Open in Annotate" button and selected image id (a click opens that image here).
     Returns the proposal-model dropdown (values from app.ui.proposal_choices), which the Models tab sets."""
     tab = gr.context.Context.block  # the enclosing gr.Tab: entering it refreshes lists changed elsewhere
     session = gr.State(new_session())
@@ -103,6 +105,9 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) ->
                                        **EDITS))
     concept.change(ordered(partial(navigation.pick_concept, studio)), [session, concept], [session, find_all_button], **EDITS)
     image_list.input(ordered(partial(navigation.open_image, studio)), [*state, image_list], view, **EDITS)
+    if open_request is not None:
+        open_button, selected_image = open_request
+        open_button.click(ordered(partial(navigation.open_image, studio)), [*state, selected_image], view, **EDITS)
     prev_button.click(ordered(partial(navigation.step_image, studio, step=-1)), state, view, **EDITS)
     next_button.click(ordered(partial(navigation.step_image, studio, step=1)), state, view, **EDITS)
     status_filter.change(ordered(partial(navigation.set_status_filter, studio)), [*state, status_filter], view, **EDITS)

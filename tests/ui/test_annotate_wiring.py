@@ -80,3 +80,15 @@ def test_the_overlay_caption_does_not_cover_the_picture(studio):
     demo = build_app(studio)
     overlay = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "annotate-overlay")
     assert overlay.show_label is False, "gradio draws the label over the image's top-left corner, on the labels"
+
+
+def test_the_gallery_refreshes_on_entering_its_tab_and_opens_an_image_in_annotate(studio):
+    demo = build_app(studio)
+    by_id = {getattr(block, "elem_id", None): block_id for block_id, block in demo.blocks.items()}
+    data_tab = next(block_id for block_id, block in demo.blocks.items() if getattr(block, "id", None) == "data"
+                    and type(block).__name__ == "Tab")
+    on_entry = [fn for fn in demo.fns.values() if (data_tab, "select") in fn.targets]
+    assert any(by_id["studio-gallery"] in {block._id for block in fn.outputs} for fn in on_entry), \
+        "annotation counts changed in Annotate show when the gallery's tab is entered"
+    opening = [fn for fn in annotate_dependencies(demo) if (by_id["data-open-in-annotate"], "click") in fn.targets]
+    assert len(opening) == 1 and by_id["annotate-image-info"] in {block._id for block in opening[0].outputs}
