@@ -11,7 +11,11 @@
 Each is the median of `--repeats` calls, in milliseconds; the ratios compare runs made
 in this one process. Handlers are called as gradio calls them, without the browser.
 
-Usage: .venv/bin/python bench/ui_bench.py [--images 6] [--repeats 10] [--rows 6000]
+Then the Annotate round trips before / after issue 16 in one table (bench/ui_roundtrips.py:
+server-side p95 of select / accept / save / next image, Chromium click-to-visible p95,
+and Find all with --sessions sessions at once), with the targets.
+
+Usage: .venv/bin/python bench/ui_bench.py [--images 10] [--repeats 10] [--rows 6000] [--sessions 10] [--clicks 10]
 """
 from __future__ import annotations
 
@@ -64,7 +68,9 @@ def outputs(result: tuple) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=6, help="images to run Find all on (uncached, then cached)")
+    parser.add_argument("--images", type=int, default=10, help="images to run Find all on (uncached, then cached)")
+    parser.add_argument("--sessions", type=int, default=10, help="sessions pressing Find all at once (load benchmark)")
+    parser.add_argument("--clicks", type=int, default=10, help="table-row clicks timed in Chromium")
     parser.add_argument("--repeats", type=int, default=10, help="mask saves and curve ticks to time")
     parser.add_argument("--rows", type=int, default=6000, help="metric rows of the job whose curve is loaded")
     args = parser.parse_args()
@@ -137,6 +143,32 @@ def main() -> None:
     print(f"  ratio find_all uncached / cached: {results['find_all_uncached'] / results['find_all_cached']:.2f}")
     print(f"  ratio curve first load / idle tick: {results['curve_first_load'] / results['curve_tick_idle']:.1f}")
     print(f"  backbone cache: {studio.models.cache.hits} hits, {studio.models.cache.misses} misses")
+    roundtrips_table(studio, project.id, concept.id, image_ids, args)
+
+
+def roundtrips_table(studio, project_id: int, concept_id: int, image_ids: list[int], args) -> None:
+    """Before / after issue 16 in one run (bench/ui_roundtrips.py), printed with the targets."""
+    import ui_roundtrips as trips
+
+    rows: dict[str, dict[str, float]] = {}
+    for label, old in (("before", True), ("after", False)):
+        with trips.old_code_path(old):
+            measured = trips.server_side(studio, project_id, concept_id, image_ids, args.repeats)
+            demo, url = trips.serve(studio)
+            try:
+                measured["chromium click->visible"] = trips.chromium_clicks(url, args.clicks)
+                p50, p95, alone = trips.load(studio, project_id, image_ids, concept_id, args.sessions, old)
+                measured.update({f"find all x{args.sessions} p50": p50, f"find all x{args.sessions} p95": p95,
+                                 "find all alone": alone})
+            finally:
+                demo.close()
+        rows[label] = measured
+    targets = {"select": 250, "accept": 250, "save": 250, "next image": 250, "chromium click->visible": 600}
+    print(f"\nAnnotate round trips, p95 ms (server-side = handler + gradio postprocess; 640x480 images)")
+    print(f"  {'':<26}{'before':>10}{'after':>10}{'target':>10}")
+    for name in rows["after"]:
+        target = f"< {targets[name]}" if name in targets else ""
+        print(f"  {name:<26}{rows['before'][name]:>10.1f}{rows['after'][name]:>10.1f}{target:>10}")
 
 
 if __name__ == "__main__":

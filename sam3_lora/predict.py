@@ -1,4 +1,4 @@
-"""Text / box / click prompts on one image -> SAM3 instances (mask, box, score, phrase).
+"""Text / box prompts on one image -> SAM3 instances (mask, box, score, phrase).
 
 For each query q of SAM3 (pred_* of one prompt, Q queries):
   score_q = sigmoid(pred_logits[q]) * sigmoid(presence_logits)   (presence: "the concept is in the image")
@@ -13,11 +13,9 @@ sends them. A box-only prompt sends the text "visual", as Sam3Processor does.
 SAM3 treats boxes as *exemplars of a concept*: it returns every instance that
 looks like the boxed one, not only the boxed object.
 
-Sam3Model takes no point prompts (its forward has no input_points; clicks belong to
-the separate SAM3 tracker). `predict_from_clicks` refines one object from clicks
-honestly with what Sam3Model has: positive clicks -> one positive box prompt around
-them; of the instances that come back, those covering a negative click are dropped
-and those covering more positive clicks come first.
+Sam3Model takes no point prompts (its forward has no input_points): clicks that mean
+"this object" go to SAM3's tracker, sam3_lora.interactive, which reads the same cached
+vision features.
 
 The vision backbone dominates the cost (the ViT; 454M of SAM3's 840M parameters),
 so `BackboneCache` keeps vision features per (image pixels, model, vision-adapter
@@ -298,77 +296,6 @@ def predict_many(
             results.extend(_instances_of_row(outputs, row, image_size, phrase, score_threshold, nms, nms_iou)
                            for row, phrase in enumerate(chunk))
     return results
-
-
-def click_prompt_to_box(
-    points: Sequence[Sequence[float]], labels: Sequence[int], image_size: tuple[int, int], pad_fraction: float = 0.05
-) -> tuple[float, float, float, float] | None:
-    """Positive clicks (label 1) -> xyxy box around them, padded by pad_fraction * max(H, W) on each side, clipped.
-
-    points: (x, y) in original pixels; image_size: (H, W). None when no click is positive.
-    The padding makes one click a box (SAM3 needs an area to pool features from).
-    """
-    if len(points) != len(labels):
-        raise ValueError(f"got {len(points)} clicks but {len(labels)} click labels")
-    height, width = image_size
-    positives = [(float(x), float(y)) for (x, y), label in zip(points, labels) if int(label) == 1]
-    if not positives:
-        return None
-    pad = pad_fraction * max(height, width)
-    xs, ys = [p[0] for p in positives], [p[1] for p in positives]
-    return (max(min(xs) - pad, 0.0), max(min(ys) - pad, 0.0), min(max(xs) + pad, float(width)), min(max(ys) + pad, float(height)))
-
-
-def _covers(instance: Instance, point: tuple[float, float]) -> bool:
-    height, width = instance.mask.shape
-    column, row = int(point[0]), int(point[1])
-    return 0 <= row < height and 0 <= column < width and bool(instance.mask[row, column])
-
-
-def predict_from_clicks(
-    model: torch.nn.Module,
-    tokenizer,
-    image: Image.Image | np.ndarray,
-    points: Sequence[Sequence[float]],
-    labels: Sequence[int],
-    prompt: str | None = None,
-    score_threshold: float = 0.5,
-    nms_iou: float = 0.5,
-    cache: BackboneCache | None = None,
-    pad_fraction: float = 0.05,
-) -> list[Instance]:
-    """Refine one object from clicks (x, y pixels; label 1 positive, 0 negative); see the module docstring.
-
-    Returns the instances that cover no negative click and at least one positive click,
-    those covering more positive clicks first, then by score, then mask NMS among them
-    (after the click filter: NMS first could keep a duplicate that misses the click). May be empty.
-    """
-    image_array = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
-    box = click_prompt_to_box(points, labels, image_array.shape[:2], pad_fraction)
-    if box is None:
-        raise ValueError("no positive click: click on the object first (label 1), then refine with negative clicks")
-    instances = predict(model, tokenizer, image_array, prompt, boxes=[box], box_labels=[1],
-                        score_threshold=score_threshold, nms=None, cache=cache)
-    chosen = select_clicked_instances(instances, points, labels)
-    if len(chosen) < 2:
-        return chosen
-    # IoU on masks strided to <= ~512 px a side: enough to spot duplicates, bounded memory at any image size
-    stride = max(1, -(-max(chosen[0].mask.shape) // 512))
-    masks = torch.from_numpy(np.stack([inst.mask[::stride, ::stride] for inst in chosen]))
-    rank = torch.arange(len(chosen), 0, -1, dtype=torch.float32)  # NMS in the order chosen above
-    return [chosen[i] for i in mask_nms(masks, rank, nms_iou).tolist()]
-
-
-def select_clicked_instances(
-    instances: Sequence[Instance], points: Sequence[Sequence[float]], labels: Sequence[int]
-) -> list[Instance]:
-    """Instances whose mask covers >= 1 positive click and no negative click; most positive clicks first, then score."""
-    positives = [p for p, label in zip(points, labels) if int(label) == 1]
-    negatives = [p for p, label in zip(points, labels) if int(label) == 0]
-    chosen = [(sum(_covers(inst, p) for p in positives), inst) for inst in instances
-              if not any(_covers(inst, p) for p in negatives)]
-    chosen = [(hits, inst) for hits, inst in chosen if hits > 0]
-    return [inst for _, inst in sorted(chosen, key=lambda pair: (-pair[0], -pair[1].score))]
 
 
 def load_predictor(

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 from tokenizers import pre_tokenizers
-from transformers import CLIPTokenizer, Sam3Config, Sam3Model
+from transformers import CLIPTokenizer, Sam3Config, Sam3Model, Sam3TrackerConfig, Sam3TrackerModel
 
 TINY_IMAGE_SIZE = 112
 PATCH_SIZE = 14
 WINDOW_SIZE = 4
+TRACKER_SUBFOLDER = "tracker"  # the tiny click tracker; the real facebook/sam3 holds both in one checkpoint
 
 
 def build_tiny_tokenizer() -> CLIPTokenizer:
@@ -57,8 +58,29 @@ def tiny_sam3_config(image_size: int = TINY_IMAGE_SIZE, vocab_size: int = 514, n
     )
 
 
+def tiny_tracker_config(sam3_config: Sam3Config) -> Sam3TrackerConfig:
+    """Config of the tiny click tracker (Sam3TrackerModel) that goes with a tiny SAM3 config.
+
+    Its vision encoder is the SAM3 one (same ViT; its own FPN neck, as the real checkpoint's
+    `tracker_neck`); feature maps at 4x, 2x, 1x the ViT grid g = image_size / 14; the mask
+    decoder and prompt encoder are 32 wide like the rest.
+    """
+    vision = sam3_config.vision_config.to_dict()
+    grid = sam3_config.vision_config.backbone_config.image_size // PATCH_SIZE
+    vision["backbone_feature_sizes"] = [[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]]
+    width = sam3_config.vision_config.fpn_hidden_size
+    return Sam3TrackerConfig(
+        vision_config=vision,
+        prompt_encoder_config={"hidden_size": width, "image_size": grid * PATCH_SIZE, "patch_size": PATCH_SIZE,
+                               "mask_input_channels": 16},
+        mask_decoder_config={"hidden_size": width, "mlp_dim": 64, "num_attention_heads": 2,
+                             "iou_head_hidden_dim": width},
+    )
+
+
 def save_tiny_sam3(folder: str | Path, image_size: int = TINY_IMAGE_SIZE, seed: int = 0, num_queries: int = 10) -> Path:
-    """Build the tiny SAM3 with a fixed seed and write model + tokenizer to `folder`; return it."""
+    """Build the tiny SAM3 with a fixed seed and write model + tokenizer to `folder`, and its click
+    tracker to `folder`/tracker (see save_tiny_tracker); return `folder`."""
     folder = Path(folder)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
@@ -67,7 +89,24 @@ def save_tiny_sam3(folder: str | Path, image_size: int = TINY_IMAGE_SIZE, seed: 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    save_tiny_tracker(folder, model, seed=seed)
     return folder
+
+
+def save_tiny_tracker(folder: str | Path, sam3: Sam3Model | None = None, seed: int = 0) -> Path:
+    """Write the tiny click tracker for the tiny SAM3 in `folder` to `folder`/tracker; return that path.
+
+    Its ViT is a copy of the SAM3 one (the real checkpoint stores one ViT for both); its
+    neck, prompt encoder and mask decoder are random (torch default init, seeded).
+    """
+    folder = Path(folder)
+    sam3 = Sam3Model.from_pretrained(folder) if sam3 is None else sam3
+    torch.manual_seed(seed + 1)
+    tracker = Sam3TrackerModel(tiny_tracker_config(sam3.config))
+    _reset_to_torch_defaults(tracker)
+    tracker.vision_encoder.backbone.load_state_dict(sam3.vision_encoder.backbone.state_dict())
+    tracker.save_pretrained(folder / TRACKER_SUBFOLDER)
+    return folder / TRACKER_SUBFOLDER
 
 
 def _reset_to_torch_defaults(model: torch.nn.Module) -> None:

@@ -188,7 +188,7 @@ def select_instance(studio: Studio, session: dict[str, Any], threshold: float | 
     except ValueError as error:
         return render(studio, session, threshold, refusal("cannot select", error), editor=False)
     select(session, annotation)
-    return render(studio, session, threshold, f"Selected #{annotation.id} (revision {annotation.revision}).")
+    return render(studio, session, threshold, f"Selected #{annotation.id} (revision {annotation.revision}).", listing=False)
 
 
 def select_row(studio: Studio, session: dict[str, Any], threshold: float | None, row: list | None) -> tuple:

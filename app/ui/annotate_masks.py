@@ -93,12 +93,18 @@ def mask_to_layer(mask: np.ndarray | None, size: tuple[int, int], color: str) ->
     return _on_canvas(fitted, place, 0)
 
 
-def editor_value(image: np.ndarray, mask: np.ndarray | None, color: str) -> dict[str, Any]:
-    """The ImageEditor value: image uint8 [H, W, 3] fitted as the background, the mask as its one layer."""
+def editor_background(image: np.ndarray) -> np.ndarray:
+    """image uint8 [H, W, 3] fitted onto the editor canvas (grey bars) -> [CH, CW, 3]."""
     place = placement(image.shape[:2])
     shrinking = place.width < image.shape[1]  # smooth when shrinking a photo; whole pixels when enlarging
-    background = _on_canvas(_resize(image, place.width, place.height, smooth=shrinking), place, BAR_GREY)
-    return {"background": background, "layers": [mask_to_layer(mask, image.shape[:2], color)], "composite": None}
+    return _on_canvas(_resize(image, place.width, place.height, smooth=shrinking), place, BAR_GREY)
+
+
+def editor_value(image: np.ndarray, mask: np.ndarray | None, color: str, background: str | None = None) -> dict[str, Any]:
+    """The ImageEditor value: image uint8 [H, W, 3] fitted as the background (or `background`, a file
+    of editor_background(image) already written), the mask as its one layer."""
+    fitted = editor_background(image) if background is None else background
+    return {"background": fitted, "layers": [mask_to_layer(mask, image.shape[:2], color)], "composite": None}
 
 
 def _alpha_of(layer: Any) -> np.ndarray | None:

@@ -6,10 +6,13 @@ score (the image becomes "proposed"), replacing the still-unreviewed model propo
 that concept on the image. The threshold slider only hides proposals below it (no
 model run). The backbone runs once per image: studio.models.cache holds its features.
 
-Clicks (+ / -) and two box corners refine or add ONE instance (predict_from_clicks, or
-predict with `boxes=`): the best result replaces the selected instance as a model
-proposal when the sequence starts on it (first click, or the box's centre, inside its
-mask), else it becomes a new instance, which the following clicks then refine.
+Clicks (+ / -) and two box corners segment ONE object with SAM3's click tracker
+(sam3_lora.interactive.segment_object, the ViT features shared with Find all): the
+result replaces the selected instance as a model proposal when the sequence starts on it
+(first click, or the box's centre, inside its mask), else it becomes a new instance,
+which the following clicks then refine (its mask goes in as a prompt with all the clicks).
+A lone first click is ambiguous: the tracker gives 3 candidates and "Other mask" (m)
+puts the next one in.
 Model errors (adapter deleted, phrase too long, weights unreadable) become a message
 naming the cause; nothing saved is touched.
 """
@@ -33,9 +36,10 @@ from app.ui.annotate_view import (
     DEFAULT_THRESHOLD, annotation_mask, concepts_by_id, copy_session, image_pixels, is_shown, open_image_row,
     render, select,
 )
-from app.ui.messages import refusal
+from app.ui.messages import count_of, refusal
 from app.ui.proposal_choices import BASE_CHOICE, adapter_folder_of_choice
-from sam3_lora.predict import Instance, predict, predict_from_clicks
+from sam3_lora.interactive import segment_object
+from sam3_lora.predict import Instance, predict
 
 logger = logging.getLogger(__name__)
 
@@ -142,14 +146,15 @@ def _find_all_message(name: str, model_choice: str | None, created: list, replac
     else:
         above = sum(a.score >= threshold for a in created)
         message = (
-            f"Find all **{name}** ({_model_name(model_choice)}): {len(created)} proposals, scores "
+            f"Find all **{name}** ({_model_name(model_choice)}): {count_of(len(created), 'proposal')}, scores "
             f"{created[-1].score:.2f}–{created[0].score:.2f}, {above} at or above the threshold {threshold:.2f}. "
             f"Selected the best, #{created[0].id}: correct it with the brush and Save (s), or Accept (a) / Reject (r)."
         )
     if replaced:
-        message += f" Replaced {replaced} earlier unreviewed proposals of {name}."
+        message += f" Replaced {count_of(replaced, 'earlier unreviewed proposal')} of {name}."
     if kept:
-        message += f" {kept} proposals changed by someone else meanwhile were left as they are."
+        message += (f" {count_of(kept, 'proposal')} changed by someone else meanwhile "
+                    f"{'was' if kept == 1 else 'were'} left as {'it is' if kept == 1 else 'they are'}.")
     return message
 
 
@@ -161,8 +166,8 @@ def change_threshold(studio: Studio, session: dict[str, Any], threshold: float |
 
 def clear_clicks(studio: Studio, session: dict[str, Any], threshold: float | None) -> tuple:
     session = copy_session(session)
-    session["clicks"], session["corner"] = [], None
-    return render(studio, session, threshold, "Prompt clicks cleared.", editor=False)
+    session["clicks"], session["corner"], session["box"] = [], None, None
+    return render(studio, session, threshold, "Prompt clicks cleared.", editor=False, listing=False)
 
 
 def _instance_at(studio: Studio, session: dict[str, Any], threshold: float, x: float, y: float):
@@ -177,22 +182,13 @@ def _instance_at(studio: Studio, session: dict[str, Any], threshold: float, x: f
     return min(hits, key=lambda pair: pair[0])[1] if hits else None
 
 
-def _box_iou(box_a, box_b) -> float:
-    """IoU of two xyxy boxes."""
-    width = max(0.0, min(box_a[2], box_b[2]) - max(box_a[0], box_b[0]))
-    height = max(0.0, min(box_a[3], box_b[3]) - max(box_a[1], box_b[1]))
-    inter = width * height
-    union = (box_a[2] - box_a[0]) * (box_a[3] - box_a[1]) + (box_b[2] - box_b[0]) * (box_b[3] - box_b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def overlay_click(
     studio: Studio, session: dict[str, Any], threshold: float | None, mode: str | None,
     model_choice: str | None, concept_id: int | None, x: float, y: float,
 ) -> tuple:
     """A click at pixel (x, y) of the overlay picture (small images are shown enlarged: see
     annotate_overlay.to_image_pixels), by mode: select the instance there, add a + / - prompt
-    click (and refine), or place a box corner (the second one runs the box prompt)."""
+    click (and segment), or place a box corner (the second one runs the box prompt)."""
     session = copy_session(session)
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     try:
@@ -205,42 +201,73 @@ def overlay_click(
         if hit is None:
             return render(studio, session, threshold, f"No shown instance at ({x:.0f}, {y:.0f}).", editor=False)
         select(session, hit)
-        return render(studio, session, threshold, f"Selected #{hit.id} (revision {hit.revision}).")
+        return render(studio, session, threshold, f"Selected #{hit.id} (revision {hit.revision}).", listing=False)
     if mode == MODE_BOX and session.get("corner") is None:
         session["corner"] = [x, y]
         return render(studio, session, threshold, f"Box corner at ({x:.0f}, {y:.0f}): click the opposite corner.", editor=False)
     # the selected instance is refined by a click sequence that starts on it; one that starts elsewhere adds an instance
-    starts = not session["clicks"]
+    starts = not session["clicks"] and session.get("box") is None
     anchor = ((session["corner"][0] + x) / 2, (session["corner"][1] + y) / 2) if mode == MODE_BOX else (x, y)
     target = _selected_covering(studio, session, anchor) if starts else _selected_covering(studio, session, None)
+    if mode == MODE_BOX:
+        (x0, y0), session["corner"] = session["corner"], None
+        session["box"] = [min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1]  # both corner pixels inside
+        session["clicks"] = [] if starts else session["clicks"]
+    else:
+        session["clicks"] = [*session["clicks"], [x, y, 1 if mode == MODE_POSITIVE else 0]]
+    session["candidate"] = 0
+    return segment_clicked(studio, session, threshold, model_choice, concept_id, target)
+
+
+def segment_clicked(studio: Studio, session: dict[str, Any], threshold: float, model_choice: str | None,
+                    concept_id: int | None, target: Annotation | None) -> tuple:
+    """Run the click tracker on the session's clicks / box (+ `target`'s mask as a prompt) and save
+    candidate number session["candidate"] (best predicted IoU first) into `target` or a new instance."""
+    clicks, box = session["clicks"], session.get("box")
+    points = [(cx, cy) for cx, cy, _ in clicks]
+    labels = [label for _, _, label in clicks]
+    if box is None and 1 not in labels:
+        return render(studio, session, threshold, "Add a + click on the object first.", editor=False)
     try:
-        image = shown
+        image = open_image_row(studio, session)
         concept = _concept(concepts_by_id(studio, image.project_id), concept_id)
-        model, tokenizer = proposal_model(studio, model_choice)
+        model, _ = proposal_model(studio, model_choice)
+        tracker = _run_model("loading the click tracker", studio.models.tracker)
         pixels = image_pixels(studio, image)
-        if mode == MODE_BOX:
-            (x0, y0), session["corner"] = session["corner"], None
-            box = (min(x0, x), min(y0, y), max(x0, x) + 1, max(y0, y) + 1)  # both corner pixels inside
-            found = _run_model(f"box prompt for {concept.name!r}", lambda: predict(
-                model, tokenizer, pixels, concept.name, boxes=[box], score_threshold=CLICK_FLOOR, cache=studio.models.cache))
-            found = sorted(found, key=lambda inst: -_box_iou(inst.box, box))
-            what = f"box ({box[0]:.0f}, {box[1]:.0f})–({box[2]:.0f}, {box[3]:.0f})"
-        else:
-            session["clicks"] = [*session["clicks"], [x, y, 1 if mode == MODE_POSITIVE else 0]]
-            points = [(cx, cy) for cx, cy, _ in session["clicks"]]
-            labels = [label for _, _, label in session["clicks"]]
-            if 1 not in labels:
-                return render(studio, session, threshold, "Add a + click on the object first.", editor=False)
-            found = _run_model(f"clicks for {concept.name!r}", lambda: predict_from_clicks(
-                model, tokenizer, pixels, points, labels, prompt=concept.name, score_threshold=CLICK_FLOOR,
-                cache=studio.models.cache))
-            what = f"{labels.count(1)} + / {labels.count(0)} − clicks"
+        # refining: the instance's current mask is a prompt too; the lone first click has none (multimask)
+        mask = annotation_mask(target) if target is not None and (len(clicks) > 1 or box is not None) else None
+        found = _run_model("segmenting the clicked object", lambda: segment_object(
+            model, tracker, pixels, points, labels, box=box, mask=mask,
+            cache=studio.models.cache, tracker_cache=studio.models.tracker_cache))
     except ValueError as error:
-        return render(studio, session, threshold, refusal("cannot refine", error), editor=False)
+        return render(studio, session, threshold, refusal("cannot segment", error), editor=False)
     found = [inst for inst in found if inst.mask.any()]
+    what = _prompt_words(labels, box)
     if not found:
         return render(studio, session, threshold, f"No object fits the {what}; move or add clicks.", editor=False)
-    return _save_refined(studio, session, threshold, image.id, concept, found[0], what, target)
+    choice = int(session.get("candidate") or 0) % len(found)
+    if len(found) > 1:
+        what += f", candidate {choice + 1} of {len(found)} (Other mask: m)"
+    return _save_refined(studio, session, threshold, image.id, concept, found[choice], what, target)
+
+
+def other_candidate(studio: Studio, session: dict[str, Any], threshold: float | None,
+                    model_choice: str | None, concept_id: int | None) -> tuple:
+    """An ambiguous lone click has 3 candidate masks (part / object / group): put the next one into the instance."""
+    session = copy_session(session)
+    threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    if len(session["clicks"]) != 1 or session.get("box") is not None:
+        return render(studio, session, threshold, "Other mask needs a single + click: only its answer is ambiguous.",
+                      editor=False)
+    session["candidate"] = int(session.get("candidate") or 0) + 1
+    return segment_clicked(studio, session, threshold, model_choice, concept_id, _selected_covering(studio, session, None))
+
+
+def _prompt_words(labels: list[int], box: list[float] | None) -> str:
+    words = [f"{labels.count(1)} + / {labels.count(0)} − clicks"] if labels else []
+    if box is not None:
+        words.append(f"box ({box[0]:.0f}, {box[1]:.0f})–({box[2]:.0f}, {box[3]:.0f})")
+    return " and ".join(words)
 
 
 def _selected_covering(studio: Studio, session: dict[str, Any], point: tuple[float, float] | None) -> Annotation | None:
@@ -271,9 +298,9 @@ def _save_refined(studio: Studio, session: dict[str, Any], threshold: float, ima
     except ValueError as error:
         return render(studio, session, threshold, refusal("cannot save the refined instance", error), editor=False)
     push_undo(session, f"Refine #{saved.id}" if before else f"Add #{saved.id}", image_id, [change_of(before, saved)])
-    clicks, corner = session["clicks"], session["corner"]
+    prompt = {key: session.get(key) for key in ("clicks", "corner", "box", "candidate")}
     select(session, saved)
-    session["clicks"], session["corner"] = clicks, corner  # further clicks refine the same instance
+    session.update(prompt)  # further clicks refine the same instance
     verb = "Refined" if before else "Added"
     return render(studio, session, threshold,
                   f"{verb} #{saved.id} from the {what} (score {score:.2f}); it is a proposal until you Accept (a).")

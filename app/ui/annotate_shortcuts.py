@@ -18,11 +18,13 @@ SHORTCUTS = {  # key (KeyboardEvent.key, lower case) -> elem_id of the button it
     "z": "annotate-undo",
     "n": "annotate-next",
     "p": "annotate-prev",
+    "m": "annotate-other-mask",
 }
 
 SHORTCUT_HELP = (
     "Keys: **f** find all · **a** accept · **r** reject · **Delete** delete · **s** save mask · "
-    "**z** / **Ctrl+Z** undo · **n** / **p** next / previous image (not while typing in a field)."
+    "**z** / **Ctrl+Z** undo · **n** / **p** next / previous image · **m** other mask of a lone click "
+    "(not while typing in a field)."
 )
 
 SHORTCUTS_JS = """

@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,8 @@ from app.store.masks import rle_from_json, rle_to_mask
 from app.store.media import media_path
 from app.store.models import Annotation, Concept, Image
 from app.studio import Studio
-from app.ui.annotate_masks import concept_brush, editor_value
-from app.ui.messages import escape_markdown
+from app.ui.annotate_masks import EDITOR_CANVAS, concept_brush, editor_background, editor_value
+from app.ui.messages import count_of, escape_markdown
 from app.ui.annotate_overlay import Shape, render_overlay
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ NO_IMAGE = "choose a project with images first (upload them under Projects & Dat
 def new_session(project_id: int | None = None) -> dict[str, Any]:
     return {
         "project_id": project_id, "image_id": None, "status_filter": ALL_STATUSES, "concept_id": None,
-        "selected": None, "base_revision": None, "clicks": [], "corner": None, "undo": [],
+        "selected": None, "base_revision": None, "clicks": [], "corner": None, "box": None,
+        "candidate": 0, "undo": [],
     }
 
 
@@ -63,13 +66,15 @@ def select(session: dict[str, Any], annotation: Annotation | None) -> None:
     """Select `annotation` (None: nothing) at its current revision; prompt clicks start over."""
     session["selected"] = None if annotation is None else annotation.id
     session["base_revision"] = None if annotation is None else annotation.revision
-    session["clicks"], session["corner"] = [], None
+    session["clicks"], session["corner"], session["box"], session["candidate"] = [], None, None, 0
 
 
 # ---------------------------------------------------------------- reads
 
 _PIXELS: OrderedDict[Path, np.ndarray] = OrderedDict()
 _PIXELS_KEPT = 4
+BACKGROUND_DIR = Path(tempfile.gettempdir()) / "sam3-studio-editor"
+FAST_PATHS = True  # False: every render rebuilds all outputs and re-encodes the editor background (bench: "before")
 
 
 def image_pixels(studio: Studio, image: Image) -> np.ndarray:
@@ -88,6 +93,18 @@ def image_pixels(studio: Studio, image: Image) -> np.ndarray:
     while len(_PIXELS) > _PIXELS_KEPT:
         _PIXELS.popitem(last=False)
     return pixels
+
+
+def background_file(image: Image, pixels: np.ndarray) -> str:
+    """The editor background of `image` as a PNG written once (an image's pixels never change): every
+    later render sends the path, and gradio copies the file instead of encoding ~0.5M pixels again."""
+    path = BACKGROUND_DIR / f"{Path(image.path).stem}-{image.id}-{EDITOR_CANVAS[0]}x{EDITOR_CANVAS[1]}.png"
+    if not path.is_file():
+        BACKGROUND_DIR.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        PILImage.fromarray(editor_background(pixels)).save(partial, format="PNG", compress_level=1)
+        os.replace(partial, path)
+    return str(path)
 
 
 def open_image_row(studio: Studio, session: dict[str, Any]) -> Image:
@@ -166,17 +183,23 @@ def editor_for(studio: Studio, session: dict[str, Any], image: Image | None = No
             mask, concept_id = annotation_mask(annotation), annotation.concept_id
     concept = concepts.get(concept_id) or next(iter(concepts.values()), None)
     color = concept.color if concept else NO_CONCEPT_COLOR
-    return gr.update(value=editor_value(pixels, mask, color), brush=concept_brush(color))
+    background = background_file(image, pixels) if FAST_PATHS else None
+    return gr.update(value=editor_value(pixels, mask, color, background), brush=concept_brush(color))
 
 
 def render(
     studio: Studio, session: dict[str, Any], threshold: float | None, message: str,
-    *, editor: bool = True,
+    *, editor: bool = True, listing: bool = True,
 ) -> tuple:
     """The seven VIEW_OUTPUTS for the session's image. editor=False leaves the editor as the user has it
-    (after a refused save the edit must stay); the selection is dropped if its annotation is gone."""
+    (after a refused save the edit must stay); listing=False leaves the image list and the image line
+    as they are (a selection changes neither: three queries and two outputs fewer); the selection is
+    dropped if its annotation is gone."""
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    image_list, position = _image_list(studio, session)
+    if not listing and session.get("image_id") is not None and FAST_PATHS:
+        image_list, position = gr.update(), None
+    else:
+        image_list, position, listing = *_image_list(studio, session), True
     if session.get("image_id") is None:
         select(session, None)
         blank = gr.update(value=None) if editor else gr.update()
@@ -202,14 +225,16 @@ def render(
             concept.color if concept else NO_CONCEPT_COLOR, f"#{annotation.id} {concept.name if concept else ''}{score}",
             annotation.score if annotation.source == "model" else None,
         ))
-    overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"))
-    hidden_text = f", {hidden} proposals below threshold {threshold:.2f} hidden" if hidden else ""
+    overlay = render_overlay(image_pixels(studio, image), shapes, selected, session.get("clicks"), session.get("corner"),
+                             session.get("box"))
+    hidden_text = f", {count_of(hidden, 'proposal')} below threshold {threshold:.2f} hidden" if hidden else ""
     info = (
         f"**{escape_markdown(image.original_name or f'image {image.id}')}** · {image.width}×{image.height} px · "
         f"split {image.split} · "
-        f"**{image.status}** · {position} · {len(shown)} instances shown{hidden_text}"
+        f"**{image.status}** · {position} · {count_of(len(shown), 'instance')} shown{hidden_text}"
     )
     rows = [_table_row(annotation, concepts, selected) for annotation in shown]
+    info = info if listing else gr.update()
     return (session, image_list, info, overlay, editor_for(studio, session, image) if editor else gr.update(), rows, message)
 
 

@@ -86,10 +86,18 @@ def _thinned(points: list[tuple[int, float]], limit: int) -> list[tuple[int, flo
     return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
 
 
+def log_loss(value: float) -> float:
+    """log10 of a loss for the chart (floor 1e-6; NaN stays NaN): the weighted total (~200 at the
+    start) and the unweighted terms (< 5) share one axis only on a log scale; linear, the terms
+    are a flat line at the bottom."""
+    return math.log10(max(value, 1e-6)) if not math.isnan(value) else value
+
+
 def curve_frame(curve: dict | None, terms: list[str] | tuple[str, ...] = CURVE_TERMS,
                 limit: int = MAX_POINTS_PER_SERIES) -> pd.DataFrame:
     """Long frame for gr.LinePlot(x="step", y="value", color="series"): the chosen terms, train
-    then val, each series sorted by step and thinned to at most `limit` (+1 for the last) points.
+    then val, each series sorted by step and thinned to at most `limit` (+1 for the last) points,
+    value = log_loss(loss).
 
     A series without points (not written yet, or its term not chosen) gets one row with value
     NaN (sent as null, which the chart skips), so every frame names all SERIES.
@@ -99,7 +107,7 @@ def curve_frame(curve: dict | None, terms: list[str] | tuple[str, ...] = CURVE_T
         for split in SPLITS:
             name = series_name(term, split)
             points = sorted((curve or {}).get("points", {}).get(name, {}).items()) if term in terms else []
-            records.extend((step, value, name) for step, value in _thinned(points, limit) or [(0, math.nan)])
+            records.extend((step, log_loss(value), name) for step, value in _thinned(points, limit) or [(0, math.nan)])
     # Typed even when empty: the browser keeps the axis types of the first frame it got
     # (an empty object frame would make both axes nominal for good).
     frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)

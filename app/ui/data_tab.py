@@ -12,9 +12,10 @@ from app.ui import data_handlers as handlers
 from app.ui import data_io
 
 
-def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
+def build_data_tab(studio: Studio, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Button, gr.State]:
     """Build the tab's contents inside the current gr.Tab (projects are listed again on
-    every page load of `demo`); returns the project dropdown, which other tabs listen to."""
+    every page load of `demo`, the gallery on entering the tab); returns the project dropdown,
+    which other tabs listen to, the "Open in Annotate" button and the selected image id."""
     with gr.Row():
         project = gr.Dropdown(label="Project", choices=[], value=None, scale=3, interactive=True, elem_id="data-project")
         new_project_name = gr.Textbox(
@@ -97,6 +98,7 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
         selected_text = gr.Markdown()
         split_choice = gr.Radio(list(IMAGE_SPLITS), label="Split", scale=1)
         split_button = gr.Button("Set split", size="sm", scale=1)
+        open_button = gr.Button("Open in Annotate", size="sm", scale=1, elem_id="data-open-in-annotate")
 
     # ---- wiring
     gallery_outputs = [gallery, page_ids, page_label, page]
@@ -106,6 +108,9 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
         return event.then(show_gallery, [project, status_filter, page], gallery_outputs)
 
     demo.load(partial(handlers.refresh_projects, studio), [project], [project])
+    tab = gr.context.Context.block  # the enclosing gr.Tab: entering it shows counts changed in Annotate
+    if isinstance(tab, gr.Tab):
+        tab.select(show_gallery, [project, status_filter, page], gallery_outputs)
     new_project_name.submit(
         partial(handlers.create_project, studio), [new_project_name], [project, new_project_name, project_status]
     )
@@ -153,4 +158,4 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> gr.Dropdown:
 
     gallery.select(on_select, [page_ids], selection_outputs)
     refresh_gallery(split_button.click(partial(handlers.set_split, studio), [selected_image, split_choice], [selected_text]))
-    return project
+    return project, open_button, selected_image

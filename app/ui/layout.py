@@ -47,15 +47,16 @@ def build_app(studio: Studio) -> gr.Blocks:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {APP_TITLE}", elem_id="studio-title")
             banner = gr.Markdown(studio_banner(studio), elem_id="studio-banner")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Projects & Data", id="data"):
-                project = build_data_tab(studio, demo)
+                project, open_button, selected_image = build_data_tab(studio, demo)
             with gr.Tab("Annotate", id="annotate"):
-                proposal_model = build_annotate_tab(studio, demo, project)
+                proposal_model = build_annotate_tab(studio, demo, project, open_request=(open_button, selected_image))
             with gr.Tab("Train", id="train"):
                 build_train_tab(studio, demo, project)
             with gr.Tab("Models", id="models"):
                 build_models_tab(studio, demo, project, proposal_model)
+        open_button.click(lambda: gr.Tabs(selected="annotate"), None, [tabs])  # the Annotate tab opens the image
         banner_timer = gr.Timer(2.0)
         demo.load(partial(refresh_banner, studio), None, [banner, banner_timer])
         banner_timer.tick(partial(refresh_banner, studio), None, [banner, banner_timer])

@@ -19,3 +19,8 @@ def refusal(what: str, error: Exception | str) -> str:
     """'**Not done:** cannot add the concept: concept phrase is empty.' (markdown specials escaped)."""
     reason = escape_markdown(str(error).rstrip("."))
     return f"{REFUSED} {what}: {reason}." if what else f"{REFUSED} {reason}."
+
+
+def count_of(number: int, noun: str, plural: str | None = None) -> str:
+    """'1 proposal', '2 proposals' (plural: noun + 's' unless given)."""
+    return f"{number} {noun if number == 1 else (plural or noun + 's')}"

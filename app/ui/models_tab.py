@@ -48,7 +48,7 @@ def build_models_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown, prop
             details = gr.Markdown(elem_id="models-details")
             outcomes = gr.Markdown(elem_id="models-outcomes")
     curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
-                        label="Loss curve of its job: train (dark), val (light)", x_title="step", y_title="loss",
+                        label="Loss curve of its job: train (dark), val (light)", x_title="step", y_title="log10 loss",
                         color_title="", elem_id="models-curve")
 
     # ---- wiring

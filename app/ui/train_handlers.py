@@ -13,7 +13,6 @@ untouched (gr.update()) when nothing in them changed.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import gradio as gr
@@ -23,7 +22,7 @@ from app.jobs.progress import steps_per_second
 from app.jobs.queue import train_sender
 from app.jobs.recipe import DEFAULT_PRESET, build_job_config, preset_values
 from app.store.coco_export import dataset_snapshot
-from app.store.dataset_stats import has_val_images
+from app.store.dataset_stats import dataset_summary, has_val_images
 from app.store.models import Job
 from app.studio import Studio
 from app.ui.curves import CURVE_TERMS, curve_frame, refresh_curve
@@ -138,8 +137,10 @@ def start_finetune(studio: Studio, project_id: Any, preset: str, view: dict | No
         return (refusal("cannot start the fine-tune", error), *job_view(studio, project_id, None, view, terms))
     sent = ("" if job.enqueued_at is not None
             else " The broker did not answer: the job waits and is sent again every 30 s.")
-    instances = len(json.loads(job.dataset_snapshot))
-    message = f"Job {job.id} queued with the {preset} preset on {instances} labelled instances.{sent}"
+    counts = dataset_summary(studio.engine, project_id).concepts
+    train, val = sum(c.train_instances for c in counts), sum(c.val_instances for c in counts)
+    message = (f"Job {job.id} queued with the {preset} preset: it trains on {train} labelled instances of `train` "
+               f"images and evaluates on {val} of `val` images.{sent}")
     return (message, *job_view(studio, project_id, job.id, view, terms))
 
 

@@ -28,6 +28,9 @@ def dataset_warnings(summary: DatasetSummary) -> list[str]:
         if summary.instances and concept.instances == 0:
             warnings.append(f"Concept {_escape(concept.name)} has no examples: the fine-tune cannot learn it "
                             "(label some, or delete the concept).")
+        elif summary.instances and concept.train_instances == 0:
+            warnings.append(f"Concept {_escape(concept.name)} has no training example ({concept.train_instances} train, "
+                            f"{concept.val_instances} val): the fine-tune cannot learn it (label it on a `train` image).")
     if summary.images_by_split["val"] == 0:
         warnings.append("No image is marked `val`: a random `data.val_fraction` of the training images is "
                         "held out for validation (mark images `val` in Projects & Data to choose them).")

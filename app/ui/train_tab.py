@@ -99,7 +99,7 @@ def build_train_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown) -> No
     terms = gr.CheckboxGroup([(TERM_LABELS[term], term) for term in CURVE_TERMS], value=list(CURVE_TERMS),
                              label="Loss terms (unweighted; total = weighted sum)", elem_id="train-curve-terms")
     curve = gr.LinePlot(curve_frame(None), x="step", y="value", color="series", color_map=SERIES_COLOURS,
-                        label="Loss: train (dark), val (light)", x_title="step", y_title="loss", color_title="",
+                        label="Loss: train (dark), val (light)", x_title="step", y_title="log10 loss", color_title="",
                         elem_id="train-curve")
     view = gr.State(None)
     timer = gr.Timer(1.0, active=False)

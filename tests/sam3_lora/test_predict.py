@@ -1,4 +1,4 @@
-"""predict / predict_many / clicks on the tiny SAM3, checked against a direct Sam3Model forward."""
+"""predict / predict_many on the tiny SAM3, checked against a direct Sam3Model forward."""
 from __future__ import annotations
 
 import importlib
@@ -14,12 +14,9 @@ from sam3_lora.nms import box_iou_matrix, box_nms, mask_nms
 from sam3_lora.predict import (
     BackboneCache,
     Instance,
-    click_prompt_to_box,
     load_predictor,
     predict,
-    predict_from_clicks,
     predict_many,
-    select_clicked_instances,
 )
 from sam3_lora.preprocess import image_to_tensor, normalize_pixels
 from sam3_lora.roi_align import ensure_box_prompt_support
@@ -225,61 +222,6 @@ def test_eval_mode_for_the_call_and_the_callers_mode_restored(tiny_model_dir):
     during_training = predict(model, tokenizer, image, "cat", score_threshold=0.0, nms=None)
     assert seen_training == [False] and model.training
     assert same_instances(during_training, expected)
-
-
-def test_click_prompt_to_box_by_hand():
-    # two positive clicks, pad 0.1 * max(75, 130) = 13 px, clipped to the image
-    assert click_prompt_to_box([(20, 30), (50, 40), (100, 10)], [1, 1, 0], (HEIGHT, WIDTH), pad_fraction=0.1) == (
-        7.0, 17.0, 63.0, 53.0)
-    assert click_prompt_to_box([(5, 70)], [1], (HEIGHT, WIDTH), pad_fraction=0.1) == (0.0, 57.0, 18.0, 75.0)
-    assert click_prompt_to_box([(5, 70)], [0], (HEIGHT, WIDTH)) is None
-    with pytest.raises(ValueError, match="2 clicks but 1"):
-        click_prompt_to_box([(1, 1), (2, 2)], [1], (HEIGHT, WIDTH))
-
-
-def test_negative_clicks_drop_the_instances_covering_them():
-    left, right, both = (np.zeros((4, 6), dtype=bool) for _ in range(3))
-    left[:, :3] = True
-    right[:, 3:] = True
-    both[:, :] = True
-    instances = [Instance(both, (0, 0, 6, 4), 0.9, "x"), Instance(left, (0, 0, 3, 4), 0.5, "x"),
-                 Instance(right, (3, 0, 6, 4), 0.7, "x")]
-    # positive at x=1 (left and both), negative at x=5 (right and both)
-    assert select_clicked_instances(instances, [(1, 2), (5, 2)], [1, 0]) == [instances[1]]
-    # two positives: `both` covers 2, `left` 1, `right` 1 -> both first, then by score
-    assert select_clicked_instances(instances, [(1, 2), (5, 2)], [1, 1]) == [instances[0], instances[2], instances[1]]
-    assert select_clicked_instances(instances, [(9, 9)], [1]) == []  # outside every mask
-
-
-def click_on_a_proposal(model, tokenizer, image) -> tuple[tuple[int, int], list[Instance]]:
-    """A pixel that some box-from-one-click proposal covers (depends on the tiny model's weights: search a grid)."""
-    for y in range(8, HEIGHT - 8, 9):
-        for x in range(8, WIDTH - 8, 11):
-            box = click_prompt_to_box([(x, y)], [1], (HEIGHT, WIDTH))
-            proposals = predict(model, tokenizer, image, None, boxes=[box], score_threshold=0.0, nms=None)
-            if any(p.mask[y, x] for p in proposals):
-                return (x, y), proposals
-    pytest.fail("no proposal of the tiny model covers any probed click")
-
-
-def test_predict_from_clicks_keeps_instances_under_positive_and_drops_those_under_negative_clicks(sam3):
-    model, tokenizer = sam3
-    image = random_image()
-    (x, y), proposals = click_on_a_proposal(model, tokenizer, image)
-    refined = predict_from_clicks(model, tokenizer, image, [(x, y)], [1], score_threshold=0.0, nms_iou=0.5)
-    covering = select_clicked_instances(proposals, [(x, y)], [1])
-    assert refined and all(inst.mask[y, x] for inst in refined)
-    assert same_instances(refined[:1], covering[:1])  # the best-scoring instance under the click
-    assert len(refined) <= len(covering)              # duplicates merged by NMS
-
-    # a negative click on another pixel of the top instance removes it (the box, from positives only, is unchanged)
-    rows, columns = np.nonzero(refined[0].mask)
-    other = next((int(c), int(r)) for r, c in zip(rows, columns) if (c, r) != (x, y))
-    with_negative = predict_from_clicks(model, tokenizer, image, [(x, y), other], [1, 0], score_threshold=0.0)
-    assert all(not inst.mask[other[1], other[0]] and inst.mask[y, x] for inst in with_negative)
-    assert not any(np.array_equal(inst.mask, refined[0].mask) for inst in with_negative)
-    with pytest.raises(ValueError, match="no positive click"):
-        predict_from_clicks(model, tokenizer, image, [(40, 30)], [0])
 
 
 def test_bad_requests_name_the_problem(sam3):

@@ -239,3 +239,21 @@ def test_image_list_status_filter_and_previous_next(studio):
     assert models["choices"] == [("Base SAM3", "base")] and models["value"] == "base"
     empty = view(navigation.open_project(studio, picked["session"], 0.5, None))
     assert empty["session"]["image_id"] is None and empty["instances"] == []
+
+
+def test_the_open_image_and_threshold_come_back_after_a_reload(studio):
+    from app.ui import annotate_memory as memory
+    from app.ui import annotate_navigation as navigation
+
+    project = make_project(studio, images=3)
+    session = opened(studio, project)
+    session = view(navigation.step_image(studio, session, 0.3, step=1))["session"]
+    session = view(navigation.step_image(studio, session, 0.3, step=1))["session"]
+    kept = memory.remember({}, session, 0.3)
+    assert kept == {str(project.id): {"image_id": project.images[2], "threshold": 0.3}}
+
+    fresh = opened(studio, project)  # a reload: the project opens on its first image, threshold 0.5
+    *outputs, threshold = memory.restore(studio, fresh, 0.5, kept)
+    assert view(tuple(outputs))["session"]["image_id"] == project.images[2] and threshold == 0.3
+    nothing = memory.restore(studio, fresh, 0.5, {str(project.id): {"image_id": 99999, "threshold": 0.3}})
+    assert all(update == NO_CHANGE for update in nothing), "a deleted image is not restored"

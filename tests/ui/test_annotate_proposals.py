@@ -101,7 +101,7 @@ def test_clicks_and_box_corners_add_then_refine_one_instance(studio):
     assert "Added" in added["message"] and added["session"]["clicks"] == [[24.0, 20.0, 1]]
 
     refined = view(click(studio, added["session"], proposals.MODE_NEGATIVE, 2, 2, threshold=0.5, concept=crack))
-    if "Refined" in refined["message"]:  # the tiny model's masks may cover the corner: then nothing fits
+    if "Refined" in refined["message"]:  # the tiny tracker's answer may be empty: then nothing fits
         assert get_annotation(studio.engine, created).revision == 2
     else:
         assert "No object fits" in refined["message"] and get_annotation(studio.engine, created).revision == 1
@@ -111,6 +111,8 @@ def test_clicks_and_box_corners_add_then_refine_one_instance(studio):
     assert corner["session"]["corner"] == [5.0, 5.0] and "opposite corner" in corner["message"]
     boxed = view(click(studio, corner["session"], proposals.MODE_BOX, 40, 35, threshold=0.5, concept=crack))
     assert boxed["session"]["corner"] is None and "box (5, 5)–(41, 36)" in boxed["message"]
+    assert boxed["session"]["box"] == [5.0, 5.0, 41.0, 36.0], "the box joins the clicks of the sequence"
+    assert boxed["session"]["clicks"] == refined["session"]["clicks"]
     assert boxed["session"]["selected"] == created, "the box result replaces the selected instance"
     assert get_annotation(studio.engine, created).revision == revision + 1
     assert len(live(studio, image_id)) == 1
@@ -126,7 +128,8 @@ def test_clicks_and_box_corners_add_then_refine_one_instance(studio):
     assert on_it["session"]["selected"] == second_id, "a sequence starting on the selected instance refines it"
     assert get_annotation(studio.engine, second_id).revision == 2 and len(live(studio, image_id)) == 2
 
-    picked = view(click(studio, on_it["session"], proposals.MODE_SELECT, 24, 20, threshold=0.0, concept=crack))
+    row, column = np.argwhere(annotation_mask(get_annotation(studio.engine, created)))[0]
+    picked = view(click(studio, on_it["session"], proposals.MODE_SELECT, column, row, threshold=0.0, concept=crack))
     assert picked["session"]["selected"] in live(studio, image_id) and "Selected" in picked["message"]
     assert picked["session"]["selected"] in table_ids(picked["instances"])
 
@@ -149,3 +152,14 @@ def test_model_errors_are_messages_and_change_nothing(studio):
     assert "no longer exists" in clicked["message"]
     assert {a.id: a.revision for a in live(studio, image_id).values()} == before, "nothing saved was touched"
     assert too_long["session"]["selected"] == session["selected"]
+
+
+def test_one_proposal_is_counted_in_the_singular():
+    from types import SimpleNamespace
+
+    one = [SimpleNamespace(id=7, score=0.9)]
+    message = proposals._find_all_message("crack", "base", one, replaced=1, kept=1, threshold=0.5)
+    assert "1 proposal," in message and "1 proposals" not in message
+    assert "Replaced 1 earlier unreviewed proposal of" in message and "1 proposal changed by someone else" in message
+    two = proposals._find_all_message("crack", "base", one * 2, replaced=2, kept=0, threshold=0.5)
+    assert "2 proposals," in two and "Replaced 2 earlier unreviewed proposals of" in two

@@ -64,6 +64,25 @@ def test_unloadable_weights_fall_back_to_the_tiny_model_and_say_so(tmp_path):
                               score_threshold=0.0), list)
 
 
+@pytest.mark.parametrize(("environment", "words"), [
+    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
+    ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}, "no network: 127.0.0.1:9 did not answer"),
+])
+def test_offline_a_hub_model_falls_back_at_once_without_trying_the_hub(tmp_path, monkeypatch, environment, words):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    tried = []
+
+    def load(source, adapter=None):
+        tried.append(source)
+        return object(), object()
+
+    models = ProposalModels(Settings(DATA_DIR=tmp_path, SAM3_MODEL="facebook/sam3"), load=load)
+    status = models.status()
+    assert status.is_fallback and words in status.fallback_reason
+    assert tried == [status.source], "the hub id was never handed to from_pretrained"
+
+
 def test_the_tiny_folder_is_written_once(tmp_path):
     settings = Settings(DATA_DIR=tmp_path)
     folder = tiny_model_folder(settings)

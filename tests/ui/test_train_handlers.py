@@ -4,6 +4,7 @@ side (claim, heartbeat, metric rows, finish) is played with the store functions 
 from __future__ import annotations
 
 import json
+import math
 from datetime import timedelta
 
 import pandas as pd
@@ -130,6 +131,16 @@ def test_summary_counts_what_training_uses_and_warns(studio, project_id):
     assert handlers.refresh_summary(studio, None) == "Choose a project in Projects & Data."
 
 
+def test_a_concept_labelled_only_on_val_images_is_warned_about():
+    from app.store.dataset_stats import ConceptCount, DatasetSummary
+    from app.ui.train_summary import summary_markdown
+
+    summary = DatasetSummary({"train": 3, "val": 1}, 3, [ConceptCount(1, "cat", 5, 1), ConceptCount(2, "horse", 0, 1)])
+    text = summary_markdown(summary)
+    assert "Concept `horse` has no training example (0 train, 1 val)" in text
+    assert "`cat` has no" not in text
+
+
 # ---------------------------------------------------------------- starting
 
 def test_fine_tune_queues_a_job_with_the_overrides_and_is_disabled_while_it_is_active(studio, project_id):
@@ -137,6 +148,9 @@ def test_fine_tune_queues_a_job_with_the_overrides_and_is_disabled_while_it_is_a
     message, *view = start(studio, project_id, send, lora__rank=4, schedule__max_steps=12)
     job = get_job(studio.engine, send.sent[0])
     assert message.startswith(f"Job {job.id} queued with the Quick preset")
+    counts = dataset_summary(studio.engine, project_id).concepts
+    train = sum(c.train_instances for c in counts)
+    assert f"trains on {train} labelled instances of `train` images" in message
     config = json.loads(job.config_json)
     assert config["lora"]["rank"] == 4 and config["schedule"]["max_steps"] == 12
     assert config["model"]["source"] == studio.models.status().source  # the SAM3 the studio runs
@@ -203,7 +217,9 @@ def test_curve_reads_rows_incrementally_with_val_series_and_survives_a_reload(st
     assert tuple(frame["series"].unique()) == SERIES  # every series named: the chart's colours never change
     drawn = frame.dropna()
     assert set(drawn["series"]) == {"total", "giou", "total val", "bbox val"}  # no lr, mAP, aux
-    assert frame[frame.series == "total"][["step", "value"]].values.tolist() == [[1, 8.0], [2, 7.0]]
+    # log10 values: the total and the terms stay readable on one axis
+    assert frame[frame.series == "total"][["step", "value"]].values.tolist() == [[1, math.log10(8.0)], [2, math.log10(7.0)]]
+    assert frame[frame.series == "giou"]["value"].tolist()[0] == math.log10(0.5)
     last_id = state["after_id"]
     assert ticked[VIEW["job"]]["value"] == job_id  # queued -> running: the dropdown's label changes
 

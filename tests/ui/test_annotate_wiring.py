@@ -1,0 +1,94 @@
+"""How the Annotate tab's events are wired (the built gr.Blocks config) and the per-session order
+of their handlers (app.ui.session_order) with real threads."""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from types import SimpleNamespace
+
+from app.ui.layout import build_app
+from app.ui.session_order import in_session_order
+from tests.ui.annotate_support import studio  # noqa: F401
+
+
+def annotate_dependencies(demo) -> list:
+    """The Blocks' event functions of the Annotate tab (gradio BlockFunction)."""
+    return [fn for fn in demo.fns.values() if fn.concurrency_id == "annotate"]
+
+
+def trigger_events(demo, elem_id: str) -> set[str]:
+    """The events of component `elem_id` that run an Annotate handler."""
+    ids = {block_id for block_id, block in demo.blocks.items() if getattr(block, "elem_id", None) == elem_id}
+    return {event for fn in annotate_dependencies(demo) for target, event in fn.targets if target in ids}
+
+
+def test_a_threshold_typed_into_the_number_box_refilters_as_a_drag_does(studio):
+    demo = build_app(studio)
+    # "release" fires only for the slider's handle; "input" also for a number typed into its box
+    assert "input" in trigger_events(demo, "annotate-threshold")
+
+
+def test_annotate_events_run_per_session_without_blanking_the_outputs(studio):
+    dependencies = annotate_dependencies(build_app(studio))
+    assert len(dependencies) >= 20
+    assert all(fn.concurrency_limit > 1 for fn in dependencies), "one user's Find all must not hold the others"
+    assert all(fn.show_progress == "minimal" for fn in dependencies)
+    assert all(next(iter(inspect.signature(fn.fn).parameters)) == "request" for fn in dependencies), "per-session lock"
+
+
+def test_one_sessions_events_never_overlap_and_two_sessions_run_side_by_side():
+    running: dict[str, int] = {"a": 0, "b": 0}
+    overlap = {"same": 0, "across": 0}
+    guard = threading.Lock()
+
+    def handler(name: str) -> str:
+        with guard:
+            running[name] += 1
+            overlap["same"] = max(overlap["same"], running[name])
+            overlap["across"] = max(overlap["across"], running["a"] + running["b"])
+        time.sleep(0.05)
+        with guard:
+            running[name] -= 1
+        return name
+
+    ordered = in_session_order(handler)
+    threads = [threading.Thread(target=ordered, args=(SimpleNamespace(session_hash=name), name))
+               for name in ("a", "b") * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlap["same"] == 1, "events of one session overlapped"
+    assert overlap["across"] == 2, "two sessions waited for each other"
+
+
+def test_labels_of_look_alikes_side_by_side_do_not_overlap_and_stay_on_the_canvas():
+    from app.ui.annotate_overlay import label_positions
+
+    anchors = [(10, 10), (14, 12), (12, 11), (300, 5), (395, 590)]  # three boxes starting at nearly one corner
+    sizes = [(80, 14)] * len(anchors)
+    spots = label_positions(anchors, sizes, (400, 600))
+    boxes = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(spots, sizes)]
+    for i, a in enumerate(boxes):
+        assert 0 <= a[0] and a[2] <= 400 and 0 <= a[1] and a[3] <= 600, a
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_the_overlay_caption_does_not_cover_the_picture(studio):
+    demo = build_app(studio)
+    overlay = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "annotate-overlay")
+    assert overlay.show_label is False, "gradio draws the label over the image's top-left corner, on the labels"
+
+
+def test_the_gallery_refreshes_on_entering_its_tab_and_opens_an_image_in_annotate(studio):
+    demo = build_app(studio)
+    by_id = {getattr(block, "elem_id", None): block_id for block_id, block in demo.blocks.items()}
+    data_tab = next(block_id for block_id, block in demo.blocks.items() if getattr(block, "id", None) == "data"
+                    and type(block).__name__ == "Tab")
+    on_entry = [fn for fn in demo.fns.values() if (data_tab, "select") in fn.targets]
+    assert any(by_id["studio-gallery"] in {block._id for block in fn.outputs} for fn in on_entry), \
+        "annotation counts changed in Annotate show when the gallery's tab is entered"
+    opening = [fn for fn in annotate_dependencies(demo) if (by_id["data-open-in-annotate"], "click") in fn.targets]
+    assert len(opening) == 1 and by_id["annotate-image-info"] in {block._id for block in opening[0].outputs}
