@@ -20,6 +20,9 @@ from app.jobs.recipe import WORKER_KEYS
 from sam3_lora.config import DEVICES, MASK_LOSS_MODES, PRECISIONS, ConfigError, TrainConfig, config_help
 from sam3_lora.schedule import SCHEDULES
 
+# An optional boolean (gradient_checkpointing: unset means "decided by the preset") is a
+# dropdown; "auto" is null.
+AUTO_BOOL = ("auto", "true", "false")
 CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.decay": tuple(SCHEDULES), "loss.mask_mode": MASK_LOSS_MODES,
     "precision": PRECISIONS, "device": DEVICES,
@@ -70,9 +73,10 @@ def field_specs(cls=TrainConfig, prefix: str = "") -> list[FieldSpec]:
             specs.extend(field_specs(hint, f"{key}."))
             continue
         kind, optional = _kind(hint)
-        if key in CHOICES:
+        choices = CHOICES.get(key, AUTO_BOOL if (kind, optional) == ("bool", True) else ())
+        if choices:
             kind = "choice"
-        specs.append(FieldSpec(key, kind, helps[key], optional, CHOICES.get(key, ())))
+        specs.append(FieldSpec(key, kind, helps[key], optional, choices))
     return specs
 
 
@@ -109,6 +113,8 @@ def field_value(spec: FieldSpec, raw: Any) -> Any:
         return value
     if spec.kind == "bool":
         return raw
+    if spec.choices == AUTO_BOOL:
+        return {"auto": None, "true": True, "false": False}.get(raw, raw)  # anything else: TrainConfig names it
     text = "" if raw is None else str(raw).strip()
     if spec.kind == "list" or (spec.kind == "text_or_list" and ("," in text or text.startswith("["))):
         items = [item.strip() for item in text.strip("[]").split(",") if item.strip()]
@@ -123,6 +129,8 @@ def display_value(spec: FieldSpec, value: Any) -> Any:
     optional numbers as text ("" = null; see FieldSpec.as_text), None as ""."""
     if isinstance(value, (list, tuple)):
         return ", ".join(str(item) for item in value)
+    if spec.choices == AUTO_BOOL:
+        return "auto" if value is None else str(bool(value)).lower()
     if value is None:
         return None if spec.kind in ("int", "float") and not spec.optional else ""
     return str(value) if spec.as_text and spec.kind in ("int", "float") else value

@@ -47,3 +47,14 @@ def test_the_form_round_trips_each_preset():
         values = preset_values(preset)
         shown = {spec.key: display_value(spec, values[spec.key]) for spec in editable_specs()}
         assert build_job_config(preset, form_overrides(shown), "m") == build_job_config(preset, {}, "m")
+
+
+def test_an_optional_boolean_is_auto_true_or_false():
+    """gradient_checkpointing: unset (null) means the preset decides; the form shows "auto"."""
+    [spec] = [spec for spec in field_specs() if spec.key == "gradient_checkpointing"]
+    assert spec.kind == "choice" and spec.choices == ("auto", "true", "false")
+    assert form_overrides({"gradient_checkpointing": "auto"}) == {"gradient_checkpointing": None}
+    assert form_overrides({"gradient_checkpointing": "false"}) == {"gradient_checkpointing": False}
+    assert [display_value(spec, value) for value in (None, True, False)] == ["auto", "true", "false"]
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        build_job_config(PRESET_NAMES[0], form_overrides({"gradient_checkpointing": "sometimes"}), "tiny")
