@@ -45,6 +45,19 @@ DEFAULT_THRESHOLD = 0.5
 IMAGE_LIST_SIZE = 500  # the image dropdown lists this many around the open image; previous / next reach all
 SELECTED_MARK = "▶ "
 SELECTED_ROW_STYLE = "background-color: rgba(255, 200, 0, 0.35); font-weight: bold"  # the selected instance's row
+# After each table update (no server call): scroll the table's own scroll box, never the page, so the
+# selected (▶) row is in view, centred when it was out of view.
+SCROLL_TO_SELECTED_JS = """() => { requestAnimationFrame(() => {
+  const root = document.querySelector('#annotate-instances'); if (!root) return;
+  const cell = [...root.querySelectorAll('[role=gridcell], td')].find(c => c.textContent.trim().startsWith('▶'));
+  if (!cell) return;
+  let box = cell.parentElement;
+  while (box && box !== root && box.scrollHeight <= box.clientHeight + 1) box = box.parentElement;
+  if (!box || box === root) return;
+  const outer = box.getBoundingClientRect(), inner = cell.getBoundingClientRect();
+  if (inner.top < outer.top + inner.height || inner.bottom > outer.bottom)
+    box.scrollTop += inner.top - outer.top - (outer.height - inner.height) / 2;
+}); }"""
 NO_CONCEPT_COLOR = "#808080"
 STATUS_OF_SOURCE = {"model": "proposal", "human": "reviewed", "import": "imported"}
 NO_IMAGE = "choose a project with images first (upload them under Projects & Data)"
