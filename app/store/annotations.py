@@ -126,13 +126,18 @@ def _check_source_and_score(source: str, score: float | None) -> None:
 
 
 def _mark_image(session, image_id: int, source: str) -> None:
-    """A human save means the image was looked at ("reviewed"); a model or import save
-    only lifts an unlabelled image (to "proposed" / "reviewed"), never demotes it."""
+    """A human save means the image was looked at ("reviewed"). A model save adds a proposal
+    nobody reviewed yet, so the image is "proposed" whatever it held before (imported masks
+    make an image "reviewed", and Find all / clicks on it still await a person). An import
+    save only lifts an unlabelled image (to "reviewed"), never demotes it. The pre-label
+    job never reaches a reviewed image (proposals.write_image_proposals skips it)."""
     query = update(Image).where(Image.id == image_id)
     if source == "human":
         query = query.where(Image.status != "reviewed").values(status="reviewed")
+    elif source == "model":
+        query = query.where(Image.status != "proposed").values(status="proposed")
     else:
-        query = query.where(Image.status == "unlabelled").values(status="proposed" if source == "model" else "reviewed")
+        query = query.where(Image.status == "unlabelled").values(status="reviewed")
     session.execute(query.execution_options(synchronize_session=False))
 
 

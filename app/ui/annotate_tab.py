@@ -20,7 +20,9 @@ from app.ui import annotate_proposals as proposals
 from app.ui.annotate_masks import EDITOR_CANVAS, LAYER_NAME, concept_brush
 from app.ui.annotate_shortcuts import SHORTCUT_HELP, SHORTCUTS_JS
 from app.ui.annotate_undo import undo
-from app.ui.annotate_view import ALL_STATUSES, DEFAULT_THRESHOLD, INSTANCE_HEADERS, NO_CONCEPT_COLOR, new_session
+from app.ui.annotate_view import (
+    ALL_STATUSES, DEFAULT_THRESHOLD, INSTANCE_HEADERS, NO_CONCEPT_COLOR, SCROLL_TO_SELECTED_JS, new_session,
+)
 from app.ui.proposal_choices import BASE_CHOICE
 from app.ui.session_order import SESSION_PARALLELISM
 from app.ui.session_order import in_session_order as ordered
@@ -129,6 +131,7 @@ def build_annotate_tab(studio: Studio, demo: gr.Blocks, project: gr.Dropdown,
         return edits.select_row(studio, session_value, threshold_value, event.row_value)
 
     instances.select(ordered(on_row_click), state, view, **EDITS)
+    instances.change(None, js=SCROLL_TO_SELECTED_JS, queue=False)  # browser only: the selected row into view
     new_button.click(ordered(partial(edits.new_instance, studio)), state, view, **EDITS)
     save_button.click(ordered(partial(edits.save_mask, studio)), [*state, editor, concept], view, **EDITS)
     reload_button.click(ordered(partial(edits.reload, studio)), state, view, **EDITS)

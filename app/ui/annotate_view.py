@@ -44,6 +44,20 @@ ALL_STATUSES = "all"
 DEFAULT_THRESHOLD = 0.5
 IMAGE_LIST_SIZE = 500  # the image dropdown lists this many around the open image; previous / next reach all
 SELECTED_MARK = "▶ "
+SELECTED_ROW_STYLE = "background-color: rgba(255, 200, 0, 0.35); font-weight: bold"  # the selected instance's row
+# After each table update (no server call): scroll the table's own scroll box, never the page, so the
+# selected (▶) row is in view, centred when it was out of view.
+SCROLL_TO_SELECTED_JS = """() => { requestAnimationFrame(() => {
+  const root = document.querySelector('#annotate-instances'); if (!root) return;
+  const cell = [...root.querySelectorAll('[role=gridcell], td')].find(c => c.textContent.trim().startsWith('▶'));
+  if (!cell) return;
+  let box = cell.parentElement;
+  while (box && box !== root && box.scrollHeight <= box.clientHeight + 1) box = box.parentElement;
+  if (!box || box === root) return;
+  const outer = box.getBoundingClientRect(), inner = cell.getBoundingClientRect();
+  if (inner.top < outer.top + inner.height || inner.bottom > outer.bottom)
+    box.scrollTop += inner.top - outer.top - (outer.height - inner.height) / 2;
+}); }"""
 NO_CONCEPT_COLOR = "#808080"
 STATUS_OF_SOURCE = {"model": "proposal", "human": "reviewed", "import": "imported"}
 NO_IMAGE = "choose a project with images first (upload them under Projects & Data)"
@@ -203,7 +217,7 @@ def render(
     if session.get("image_id") is None:
         select(session, None)
         blank = gr.update(value=None) if editor else gr.update()
-        return session, image_list, "No image open.", None, blank, [], message
+        return session, image_list, "No image open.", None, blank, instance_table([], []), message
     try:
         image = open_image_row(studio, session)
     except ValueError as error:  # deleted meanwhile
@@ -233,9 +247,17 @@ def render(
         f"split {image.split} · "
         f"**{image.status}** · {position} · {count_of(len(shown), 'instance')} shown{hidden_text}"
     )
-    rows = [_table_row(annotation, concepts, selected) for annotation in shown]
+    table = instance_table([_table_row(annotation, concepts, selected) for annotation in shown],
+                           [annotation.id == selected for annotation in shown])
     info = info if listing else gr.update()
-    return (session, image_list, info, overlay, editor_for(studio, session, image) if editor else gr.update(), rows, message)
+    return (session, image_list, info, overlay, editor_for(studio, session, image) if editor else gr.update(), table, message)
+
+
+def instance_table(rows: list[list], selected: list[bool]) -> dict:
+    """The instance Dataframe's value: rows plus per-cell CSS (gradio's metadata "styling", the same
+    Dataframe reads from a pandas Styler) that paints the selected instance's row, besides its ▶ mark."""
+    styling = [[SELECTED_ROW_STYLE if is_selected else ""] * len(row) for row, is_selected in zip(rows, selected)]
+    return {"headers": INSTANCE_HEADERS, "data": rows, "metadata": {"styling": styling} if rows else None}
 
 
 def rle_box(annotation: Annotation) -> list[float]:

@@ -189,4 +189,6 @@ def test_saves_move_the_image_status(scene):
     save_annotation(engine, image_id=image.id, concept_id=crack.id, rle=rle, annotation_id=proposal.id, base_revision=1)
     assert get_image(engine, image.id).status == "reviewed"
     save_annotation(engine, image_id=image.id, concept_id=crack.id, rle=rle, source="model", score=0.5)
-    assert get_image(engine, image.id).status == "reviewed"  # a proposal never demotes a reviewed image
+    assert get_image(engine, image.id).status == "proposed"  # a new proposal awaits a review again
+    save_annotation(engine, image_id=image.id, concept_id=crack.id, rle=rle, source="import")
+    assert get_image(engine, image.id).status == "proposed"  # an import never hides pending proposals

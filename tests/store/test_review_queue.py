@@ -54,3 +54,25 @@ def test_queue_puts_the_least_certain_first_and_drops_reviewed_images(engine):
                                    "base")
     assert second.proposals == 3
     assert least_certain_proposal(engine, sure.id, 0.5).score == 0.45
+
+
+def test_pending_proposals_on_an_imported_image_put_it_in_the_proposed_filter_and_the_queue(engine):
+    """Imported masks make an image "reviewed"; Find all's proposals on it still await a review."""
+    from app.store.image_order import image_choices, neighbour_image_id
+    from app.store.projects import count_images
+
+    project = create_project(engine, "imported")
+    concept = add_concept(engine, project.id, "crack")
+    imported = add_image(engine, project.id)
+    save_annotation(engine, image_id=imported.id, concept_id=concept.id, rle=box_rle(30, 40, 9, 9, 3, 3), source="import")
+    assert [choice.status for choice in image_choices(engine, project.id)] == ["reviewed"]
+    proposal = save_annotation(engine, image_id=imported.id, concept_id=concept.id, rle=box_rle(30, 40, 1, 1, 5, 5),
+                               source="model", score=0.6, author="find all")
+    assert [choice.image_id for choice in image_choices(engine, project.id, "proposed")] == [imported.id]
+    assert count_images(engine, project.id, "proposed") == 1 and count_images(engine, project.id, "reviewed") == 0
+    assert neighbour_image_id(engine, project.id, None, 1, "proposed") == imported.id
+    assert [image_id for image_id, _ in review_queue(engine, project.id, 0.5)] == [imported.id]
+    save_annotation(engine, image_id=imported.id, concept_id=concept.id, rle=box_rle(30, 40, 1, 1, 5, 5),
+                    annotation_id=proposal.id, base_revision=proposal.revision, source="human")  # accepted
+    assert image_choices(engine, project.id, "proposed") == [] and review_queue(engine, project.id, 0.5) == []
+    assert count_images(engine, project.id, "reviewed") == 1

@@ -78,5 +78,19 @@ def on_overlay(x: float, y: float) -> tuple[float, float]:
     return x * scale + scale // 2, y * scale + scale // 2
 
 
-def table_ids(rows: list[list]) -> list[int]:
-    return [int(str(row[0]).lstrip("▶ ")) for row in rows]
+def table_rows(table: dict) -> list[list]:
+    """The rows of an instance-table value (annotate_view.instance_table's dict)."""
+    return table["data"]
+
+
+def assert_only_row_marked(table: dict, annotation_id: int) -> None:
+    """The selected instance's row, and no other, carries the ▶ mark and the highlight style."""
+    styles = table["metadata"]["styling"]
+    for row, style in zip(table["data"], styles, strict=True):
+        chosen = int(str(row[0]).lstrip("▶ ")) == annotation_id
+        assert str(row[0]).startswith("▶") == chosen and all(bool(cell) == chosen for cell in style), (row, style)
+    assert sum(str(row[0]).startswith("▶") for row in table["data"]) == 1
+
+
+def table_ids(table: dict | list) -> list[int]:
+    return [int(str(row[0]).lstrip("▶ ")) for row in table_rows(table)]

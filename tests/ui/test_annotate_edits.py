@@ -18,7 +18,7 @@ from app.ui.annotate_masks import (
 from app.ui.annotate_undo import undo
 from app.ui.annotate_view import annotation_mask
 from tests.ui.annotate_support import (  # noqa: F401
-    IMAGE_SIZE, NO_CHANGE, live, make_project, opened, studio, table_ids, view,
+    IMAGE_SIZE, NO_CHANGE, assert_only_row_marked, live, make_project, opened, studio, table_ids, table_rows, view,
 )
 
 WIDTH, HEIGHT = IMAGE_SIZE
@@ -147,6 +147,7 @@ def test_accept_reject_relabel_and_delete(studio):
     assert others, "the other Find all's proposal is still unreviewed"
     selected = view(edits.select_row(studio, already["session"], 0.0, [f"▶ {others[0].id}", "crack", "proposal", "", 1]))
     assert selected["session"]["selected"] == others[0].id and selected["editor"]["value"]["layers"][0][..., 3].any()
+    assert_only_row_marked(selected["instances"], others[0].id)
     edited = brushed(annotation_mask(others[0]), erase=square(0, 0, 8))
     accepted = view(edits.accept(studio, selected["session"], 0.0, edited))
     kept = get_annotation(studio.engine, others[0].id)
@@ -228,7 +229,7 @@ def test_image_list_status_filter_and_previous_next(studio):
 
     everything = view(navigation.set_status_filter(studio, at_third["session"], 0.5, "all"))
     picked = view(navigation.open_image(studio, everything["session"], 0.5, first))
-    assert picked["session"]["image_id"] == first and len(picked["instances"]) >= 0
+    assert picked["session"]["image_id"] == first and len(table_rows(picked["instances"])) >= 0
     assert view(navigation.step_image(studio, picked["session"], 0.5, step=1))["session"]["image_id"] == second
 
     concept = navigation.concept_choices(studio, project.id)
@@ -238,7 +239,7 @@ def test_image_list_status_filter_and_previous_next(studio):
     models = navigation.model_choices(studio, project.id, keep="42")
     assert models["choices"] == [("Base SAM3", "base")] and models["value"] == "base"
     empty = view(navigation.open_project(studio, picked["session"], 0.5, None))
-    assert empty["session"]["image_id"] is None and empty["instances"] == []
+    assert empty["session"]["image_id"] is None and table_rows(empty["instances"]) == []
 
 
 def test_the_open_image_and_threshold_come_back_after_a_reload(studio):

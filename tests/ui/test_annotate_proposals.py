@@ -11,7 +11,7 @@ from app.ui import annotate_edits as edits
 from app.ui import annotate_proposals as proposals
 from app.ui.annotate_view import annotation_mask
 from tests.ui.annotate_support import (  # noqa: F401
-    NO_CHANGE, live, make_project, on_overlay, opened, studio, table_ids, view,
+    NO_CHANGE, live, make_project, on_overlay, opened, studio, table_ids, table_rows, view,
 )
 
 
@@ -71,10 +71,10 @@ def test_threshold_filters_without_a_model_run_and_backbone_runs_once_per_image(
     everything = view(proposals.change_threshold(studio, session, 0.0))
     some = view(proposals.change_threshold(studio, session, middle))
     none = view(proposals.change_threshold(studio, session, 1.0))
-    assert len(everything["instances"]) == len(scores)
-    shown = [float(row[3]) for row in some["instances"]]
+    assert len(table_rows(everything["instances"])) == len(scores)
+    shown = [float(row[3]) for row in table_rows(some["instances"])]
     assert shown and all(score >= middle - 0.005 for score in shown) and len(shown) < len(scores)
-    assert none["instances"] == [] and "hidden" in none["image_info"]
+    assert table_rows(none["instances"]) == [] and "hidden" in none["image_info"]
     assert some["editor"] == NO_CHANGE, "moving the slider keeps the editor's edit"
     assert (cache.misses, cache.hits) == (1, 1), "the slider runs no model"
 

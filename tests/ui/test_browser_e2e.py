@@ -208,6 +208,9 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     page.locator("#annotate-instances").scroll_into_view_if_needed()  # the table draws its rows when in view
     page.locator("#annotate-instances").get_by_text(str(saved_id), exact=True).locator("visible=true").first.click()
     wait_text(page, "#annotate-message", f"#{saved_id}")
+    page.wait_for_function("(id) => [...document.querySelectorAll('#annotate-instances *')].some(c => c.children.length "
+                           "=== 0 && c.textContent.trim() === '▶ ' + id && getComputedStyle(c).fontWeight >= 600)",
+                           arg=saved_id, timeout=WAIT_MS)  # the selected row is painted (bold), not only marked
     wait_idle(page, "#annotate-editor")
     page.screenshot(path=str(shots / "annotate.png"), full_page=True)
 
