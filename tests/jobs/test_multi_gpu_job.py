@@ -47,17 +47,18 @@ def expected_num_boxes(settings: Settings, engine, job_id: int, steps: int) -> t
     job = get_job(engine, job_id)
     cfg = build_train_config(job, settings, export_job_data(engine, settings, job))  # reuses the job's export
     data = build_train_data(cfg, build_tiny_tokenizer(), 112)
+    data.close()  # only its dataset is read here: items are (epoch, image) groups of find-queries
     batch, dataset = cfg.data.batch_size, data.train
     reduced, rank0 = [], []
     epoch = 0
     while len(reduced) < steps:
-        dataset.set_epoch(epoch)
         per_rank = []
         for rank in range(WORLD_SIZE):
             sampler = DistributedSampler(dataset, num_replicas=WORLD_SIZE, rank=rank, shuffle=True, seed=cfg.seed)
             sampler.set_epoch(epoch)
             order = list(sampler)
-            per_rank.append([sum(len(dataset[i]["target"]["boxes"]) for i in order[start:start + batch])
+            per_rank.append([sum(len(query["target"]["boxes"]) for i in order[start:start + batch]
+                                 for query in dataset[(epoch, i)]["find_queries"])
                              for start in range(0, len(order), batch)])
         for boxes_0, boxes_1 in zip(*per_rank):
             reduced.append(max((boxes_0 + boxes_1) / WORLD_SIZE, 1.0))
