@@ -17,7 +17,8 @@ from alembic.script import ScriptDirectory
 from app.store.db import make_engine
 from app.store.migrate import alembic_config, current_revision, downgrade_database, upgrade_database
 from tests.services import fresh_postgres_database
-from tests.store.test_migrations import REPO_ROOT, all_rows, head_revision, populate, schema_differences
+from tests.store.test_migrations import (REPO_ROOT, all_rows, head_revision, populate, rows_without,
+                                         rows_without_columns, schema_differences)
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_downgrade_and_upgrade_keep_every_row(empty_database):
     engine = make_engine(empty_database)
     populate(engine)
     before = all_rows(engine)
-    assert sum(len(rows) for rows in before.values()) == 20  # as in the SQLite test: one of every kind of row
+    assert sum(len(rows) for rows in before.values()) == 21  # as in the SQLite test: one of every kind of row
     engine.dispose()
 
     downgrade_database(empty_database, "-1")
@@ -64,7 +65,8 @@ def test_downgrade_and_upgrade_keep_every_row(empty_database):
     engine = make_engine(empty_database)
     try:
         assert current_revision(empty_database) == head_revision()
-        assert all_rows(engine) == before
+        marks = {"prelabelmark": ("*",)}  # dropped with their table by 0004's downgrade, as in the SQLite test
+        assert rows_without(engine, marks) == rows_without_columns(before, marks)
         assert schema_differences(engine) == []
     finally:
         engine.dispose()

@@ -226,7 +226,7 @@ def test_unreviewed_proposals_are_left_out_of_exports_unless_asked_for(store, tm
         (drawn.id, "human", None), (proposal.id, "model", 0.75)]
     assert np.array_equal(np.array(full["annotations"][0]["bbox"]), [1, 1, 5, 5])
     with read_session(store.engine) as session:
-        assert session.exec(select(Image)).one().status == "reviewed"
+        assert session.exec(select(Image)).one().status == "proposed"  # a pending proposal awaits review
 
 
 def test_a_full_disk_stops_yolo_and_png_mask_imports_naming_what_was_not_stored(store, tmp_path, monkeypatch):
