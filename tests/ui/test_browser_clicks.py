@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from pycocotools import mask as coco_mask
 
 from app.settings import Settings
@@ -60,8 +61,18 @@ def model_masks(data_dir: Path) -> dict[int, tuple[int, np.ndarray]]:
     return {row_id: (revision, coco_mask.decode(json.loads(rle)).astype(bool)) for row_id, revision, rle in rows}
 
 
-def click_image_pixel(page: Page, x: int, y: int) -> None:
-    """Click the overlay picture where image pixel (x, y) is drawn (it is shown enlarged and scaled by CSS)."""
+def overlay_source(page: Page) -> str:
+    return page.locator("#annotate-overlay img").first.get_attribute("src") or ""
+
+
+def click_image_pixel(page: Page, x: int, y: int, drawn_after: str = "") -> None:
+    """Click the overlay picture where image pixel (x, y) is drawn (it is shown enlarged and scaled by CSS),
+    once a picture other than `drawn_after` (the src of the one an earlier event replaces) has loaded:
+    a click on a picture being swapped reaches no handler."""
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#annotate-overlay img');"
+        " return !!img && img.getAttribute('src') !== old && img.complete && img.naturalWidth > 0; }",
+        arg=drawn_after, timeout=WAIT_MS)
     picture = page.locator("#annotate-overlay img").first
     box = picture.bounding_box()
     natural = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
@@ -71,11 +82,17 @@ def click_image_pixel(page: Page, x: int, y: int) -> None:
 
 
 def wait_message(page: Page, *needles: str) -> str:
-    """The Annotate message once it holds one of `needles` (or a refusal, which fails)."""
-    found = page.wait_for_function(
-        "(needles) => { const text = document.querySelector('#annotate-message')?.innerText || '';"
-        " return (needles.some(n => text.includes(n)) || text.toLowerCase().includes('not done')) ? text : false; }",
-        arg=list(needles), timeout=WAIT_MS)
+    """The Annotate message once it holds one of `needles` (or a refusal, which fails); on a timeout
+    the failure shows the message and the click mode the page had."""
+    try:
+        found = page.wait_for_function(
+            "(needles) => { const text = document.querySelector('#annotate-message')?.innerText || '';"
+            " return (needles.some(n => text.includes(n)) || text.toLowerCase().includes('not done')) ? text : false; }",
+            arg=list(needles), timeout=WAIT_MS)
+    except PlaywrightTimeoutError:
+        message = page.locator("#annotate-message").inner_text()
+        mode = page.evaluate("() => document.querySelector('#annotate-click-mode input:checked')?.value ?? null")
+        pytest.fail(f"no {needles} in {WAIT_MS} ms; the message reads {message!r}, click mode {mode!r}")
     text = found.json_value()
     assert any(needle in text for needle in needles), text
     return text
@@ -95,6 +112,7 @@ def test_a_click_segments_one_of_several_look_alikes_and_a_negative_click_refine
         page.wait_for_function("() => document.querySelector('#annotate-image-info').innerText.includes('disks.png')",
                                timeout=WAIT_MS)
         page.locator("#annotate-click-mode").get_by_label("+ click").check()
+        before_plus = overlay_source(page)
         click_image_pixel(page, *plus)
         wait_message(page, "Added #")
         saved = model_masks(data_dir)
@@ -107,7 +125,7 @@ def test_a_click_segments_one_of_several_look_alikes_and_a_negative_click_refine
         minus_row, minus_column = inside[len(inside) // 3]  # a pixel of the instance, away from the + click
         minus = (int(minus_column), int(minus_row))
         page.locator("#annotate-click-mode").get_by_label("− click").check()
-        click_image_pixel(page, *minus)
+        click_image_pixel(page, *minus, drawn_after=before_plus)  # the overlay that shows the new instance
         text = wait_message(page, "Refined #", "No object fits")
 
         # a threshold typed into the number box is kept, in this browser, across a reload

@@ -30,10 +30,14 @@ from transformers import Sam3Model
 
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.ui.studio_process import start_studio, stop
+from tests.waiting import work_deadline_s
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-WAIT_MS = 120_000  # model loads, a cold worker, two shared cores
+WAIT_MS = int(work_deadline_s(start_s=30) * 1000)  # model loads, a cold worker, two shared cores
 JOB_STEPS = 40
+# the fine-tune: a worker start, an evaluation before and after, and JOB_STEPS steps (~0.5 s each on
+# an idle 2-core machine, ~5 s with two CPU burners beside the suite)
+JOB_WAIT_S = work_deadline_s(start_s=30, units=JOB_STEPS, per_unit_s=1.5)
 
 
 @pytest.fixture
@@ -224,7 +228,7 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     wait_text(page, "#train-message", "job")
     page.wait_for_function("() => document.querySelector('#train-start').disabled", timeout=WAIT_MS)
     counts = []
-    deadline = time.monotonic() + WAIT_MS / 1000
+    deadline = time.monotonic() + JOB_WAIT_S
     while time.monotonic() < deadline and "succeeded" not in text_of(page, "#train-jobs").lower():
         counts.append(curve_point_count(page))
         page.wait_for_timeout(500)

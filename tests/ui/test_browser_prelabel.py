@@ -20,9 +20,10 @@ from app.store.review_queue import review_queue
 from app.store.uploads import ingest_files
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.ui.studio_process import start_studio, stop
+from tests.waiting import work_deadline_s
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-WAIT_MS = 90_000
+WAIT_MS = int(work_deadline_s(start_s=30) * 1000)  # model loads, a cold worker, a pre-label job of a few images
 NUM_IMAGES = 6
 REVIEW_THRESHOLD = 0.5  # the Annotate slider's default
 
