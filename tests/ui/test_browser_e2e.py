@@ -38,6 +38,9 @@ JOB_STEPS = 40
 # the fine-tune: a worker start, an evaluation before and after, and JOB_STEPS steps (~0.5 s each on
 # an idle 2-core machine, ~5 s with two CPU burners beside the suite)
 JOB_WAIT_S = work_deadline_s(start_s=30, units=JOB_STEPS, per_unit_s=1.5)
+# the whole test: the fine-tune's wait plus the waits of the steps around it; the suite's 300 s
+# stopped it mid fine-tune with two CPU burners beside the suite (it takes ~80 s on an idle machine)
+pytestmark = pytest.mark.timeout(int(JOB_WAIT_S + 4 * WAIT_MS / 1000))
 
 
 @pytest.fixture
