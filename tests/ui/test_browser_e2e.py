@@ -29,6 +29,8 @@ from pycocotools import mask as coco_mask
 from transformers import Sam3Model
 
 from sam3_lora.synthetic import write_synthetic_coco
+from tests.ui import browser_waits
+from tests.ui.browser_waits import wait_no_progress
 from tests.ui.studio_process import start_studio, stop
 from tests.waiting import work_deadline_s
 
@@ -91,23 +93,12 @@ def text_of(page: Page, selector: str) -> str:
 
 
 def wait_text(page: Page, selector: str, needle: str, timeout_ms: int = WAIT_MS) -> str:
-    """Wait until the element's text contains `needle` or "not done" (a refusal; case-insensitive);
-    return the text, asserting it is not a refusal."""
-    found = page.wait_for_function(
-        "([sel, needle]) => { const e = document.querySelector(sel); if (!e) return false;"
-        " const text = e.innerText; const lower = text.toLowerCase();"
-        " return (lower.includes(needle) || lower.includes('not done')) ? text : false; }",
-        arg=[selector, needle.lower()], timeout=timeout_ms)
-    text = found.json_value()
-    assert needle.lower() in text.lower(), text
-    return text
+    return browser_waits.wait_text(page, selector, needle, timeout_ms)
 
 
 def wait_idle(page: Page, selector: str) -> None:
     """Wait until the component shows no progress overlay, then give its canvas a moment to draw."""
-    page.wait_for_function("(sel) => { const e = document.querySelector(sel);"
-                           " return !!e && !e.innerText.includes('processing') && !e.querySelector('.eta-bar'); }",
-                           arg=selector, timeout=WAIT_MS)
+    wait_no_progress(page, selector, WAIT_MS)
     page.wait_for_timeout(1500)
 
 

@@ -19,6 +19,8 @@ from app.store.projects import add_concept, create_project
 from app.store.review_queue import review_queue
 from app.store.uploads import ingest_files
 from sam3_lora.synthetic import write_synthetic_coco
+from tests.ui import browser_waits
+from tests.ui.browser_waits import wait_no_progress
 from tests.ui.studio_process import start_studio, stop
 from tests.waiting import work_deadline_s
 
@@ -48,21 +50,13 @@ def studio_url(tmp_path, tiny_model_dir):
 
 
 def wait_text(page, selector: str, needle: str) -> str:
-    found = page.wait_for_function(
-        "([sel, needle]) => { const e = document.querySelector(sel); if (!e) return false;"
-        " const t = e.innerText.toLowerCase(); return (t.includes(needle) || t.includes('not done')) ? e.innerText : false; }",
-        arg=[selector, needle.lower()], timeout=WAIT_MS)
-    text = found.json_value()
-    assert needle.lower() in text.lower(), text
-    return text
+    return browser_waits.wait_text(page, selector, needle, WAIT_MS)
 
 
 def wait_idle(page, selector: str) -> None:
     """Let an event start, then wait until the component shows no progress overlay."""
     page.wait_for_timeout(500)
-    page.wait_for_function("(sel) => { const e = document.querySelector(sel);"
-                           " return !!e && !e.innerText.includes('processing') && !e.querySelector('.eta-bar'); }",
-                           arg=selector, timeout=WAIT_MS)
+    wait_no_progress(page, selector, WAIT_MS)
 
 
 def test_prelabel_job_progress_and_review_queue_in_a_real_browser(studio_url, tmp_path):
