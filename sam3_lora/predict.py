@@ -157,6 +157,14 @@ def vision_features(model: torch.nn.Module, pixels: torch.Tensor, cache: Backbon
     return features
 
 
+def _phrase_passes(sam3, tokenizer, features: Sam3VisionEncoderOutput, phrases: list[str], phrase_batch: int):
+    """(outputs, phrases) of one DETR pass per chunk of `phrase_batch` phrases on one image's features."""
+    for start in range(0, len(phrases), phrase_batch):
+        chunk = phrases[start:start + phrase_batch]
+        tokens = tokenize_phrases(tokenizer, chunk, device=sam3.device)
+        yield sam3(vision_embeds=_features_for_batch(features, len(chunk)), **tokens), chunk
+
+
 def _features_for_batch(features: Sam3VisionEncoderOutput, batch: int) -> Sam3VisionEncoderOutput:
     """Batch-1 features seen as `batch` copies (expand: a view, no copy of the maps)."""
     def grow(tensor: torch.Tensor) -> torch.Tensor:
@@ -289,10 +297,7 @@ def predict_many(
     results: list[list[Instance]] = []
     with _inference(model) as sam3:
         features = vision_features(model, pixels, cache)
-        for start in range(0, len(phrases), batch_size):
-            chunk = phrases[start:start + batch_size]
-            tokens = tokenize_phrases(tokenizer, chunk, device=sam3.device)
-            outputs = sam3(vision_embeds=_features_for_batch(features, len(chunk)), **tokens)
+        for outputs, chunk in _phrase_passes(sam3, tokenizer, features, phrases, batch_size):
             results.extend(_instances_of_row(outputs, row, image_size, phrase, score_threshold, nms, nms_iou)
                            for row, phrase in enumerate(chunk))
     return results

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from transformers.models.sam3.modeling_sam3 import Sam3VisionEncoderOutput
 
-from sam3_lora.model import model_image_size, tokenize_phrases
-from sam3_lora.predict import Instance, _check_options, _features_for_batch, _inference, _instances_of_row
+from sam3_lora.model import model_image_size
+from sam3_lora.predict import Instance, _check_options, _inference, _instances_of_row, _phrase_passes
 from sam3_lora.preprocess import image_to_tensor, normalize_pixels
 
 
@@ -83,10 +83,7 @@ def propose_batch(
             one = _features_of(features, index)
             instances: list[list[Instance]] = []
             presence: list[float] = []
-            for start in range(0, len(phrases), phrase_batch):
-                chunk = phrases[start:start + phrase_batch]
-                tokens = tokenize_phrases(tokenizer, chunk, device=sam3.device)
-                outputs = sam3(vision_embeds=_features_for_batch(one, len(chunk)), **tokens)
+            for outputs, chunk in _phrase_passes(sam3, tokenizer, one, phrases, phrase_batch):
                 instances.extend(_instances_of_row(outputs, row, image_size, phrase, score_threshold, nms, nms_iou)
                                  for row, phrase in enumerate(chunk))
                 presence.extend(outputs.presence_logits[:, 0].float().sigmoid().tolist())
