@@ -3,44 +3,59 @@
 Gradio's concurrency groups are global: with one group of size 1 for the Annotate tab,
 one user's Find all delayed every other user's clicks. Instead the events share a group
 of SESSION_PARALLELISM workers and each handler holds its session's lock while it runs
-(key: gradio's session_hash, one per open page), so within a page a key pressed while
-Find all runs still acts on its result (gr.State is read when the event starts, after
-the lock), and two pages do not wait for each other beyond the worker count.
+(key: gradio's session_hash, one per open page), and two pages do not wait for each other
+beyond the worker count.
 
 Events of one session are queued by gradio in arrival order and start in that order;
-the lock keeps them from overlapping.
+the lock keeps them from overlapping. Gradio reads an event's gr.State when the event
+starts, before the handler waits for the lock, so a second event started while the first
+runs holds the session as it was before the first. The lock therefore keeps the session
+the last handler returned, and the next handler of the page gets that one: a key pressed
+while Find all runs acts on Find all's result (a restore queued behind Find all does not
+put back the selection Find all replaced).
+
+    handler(session, *rest) -> (session, *outputs)   the session is the first input and output
 """
 from __future__ import annotations
 
 import inspect
 import threading
 import typing
-import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 SESSION_PARALLELISM = 4  # Annotate events of different sessions running at once (2 CPU cores: model work is short)
+SESSIONS_KEPT = 1024  # pages whose lock and last session are kept (the least recently used are dropped)
 
 
 class _SessionLock:
-    __slots__ = ("lock", "__weakref__")
+    __slots__ = ("lock", "latest")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.latest: dict | None = None  # the session the page's last handler returned (module docstring)
 
 
-_LOCKS: weakref.WeakValueDictionary[str, _SessionLock] = weakref.WeakValueDictionary()
+_LOCKS: OrderedDict[str, _SessionLock] = OrderedDict()
 _LOCKS_GUARD = threading.Lock()
 
 
 def session_lock(session_hash: str) -> _SessionLock:
-    """The lock of one browser session (kept while some event holds or waits on it)."""
+    """The lock of one browser session. Kept after its events end: gradio may read an event's state
+    before this is asked for, so the last session must outlive the handler that returned it."""
     with _LOCKS_GUARD:
         found = _LOCKS.get(session_hash)
         if found is None:
             found = _LOCKS[session_hash] = _SessionLock()
+        _LOCKS.move_to_end(session_hash)
+        while len(_LOCKS) > SESSIONS_KEPT:
+            oldest = next((key for key, kept in _LOCKS.items() if not kept.lock.locked()), None)
+            if oldest is None:
+                break
+            del _LOCKS[oldest]
         return found
 
 
@@ -48,9 +63,15 @@ def in_session_order(handler: Callable[..., Any]) -> Callable[..., Any]:
     """`handler` wrapped to hold its session's lock; gradio passes the gr.Request as its first argument
     (the wrapper's signature is (request: gr.Request, *handler's parameters), so gr.SelectData still arrives)."""
     def run(request: gr.Request, *args: Any) -> Any:
-        held = session_lock(getattr(request, "session_hash", None) or "")  # a strong reference while it runs
+        held = session_lock(getattr(request, "session_hash", None) or "")
         with held.lock:
-            return handler(*args)
+            if held.latest is not None and args and isinstance(args[0], dict):
+                args = (held.latest, *args[1:])  # newer than the gr.State gradio read before the lock
+            result = handler(*args)
+            returned = result[0] if isinstance(result, tuple) and result else None
+            if isinstance(returned, dict) and "__type__" not in returned:  # a session, not a gr.update()
+                held.latest = returned
+            return result
 
     parameters = list(inspect.signature(handler).parameters.values())
     request_parameter = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)

@@ -63,6 +63,39 @@ def test_one_sessions_events_never_overlap_and_two_sessions_run_side_by_side():
     assert overlap["across"] == 2, "two sessions waited for each other"
 
 
+
+def test_an_event_started_while_another_ran_gets_the_session_that_one_returned():
+    """Gradio reads gr.State before the handler waits for the lock: both events below read the
+    same session; the second must act on what the first returned, not on that stale copy."""
+    first_running, release = threading.Event(), threading.Event()
+    seen: list[list[str]] = []
+
+    def handler(session: dict, action: str) -> tuple[dict, str]:
+        seen.append(list(session["done"]))
+        if action == "find all":
+            first_running.set()
+            release.wait(5)
+        return {"done": [*session["done"], action]}, action
+
+    ordered = in_session_order(handler)
+    page, stale = SimpleNamespace(session_hash="page"), {"done": []}
+    results: dict[str, tuple] = {}
+    find_all = threading.Thread(target=lambda: results.update(find=ordered(page, stale, "find all")))
+    find_all.start()
+    assert first_running.wait(5)
+    accept = threading.Thread(target=lambda: results.update(accept=ordered(page, stale, "accept")))
+    accept.start()
+    time.sleep(0.1)  # the second event is waiting on the lock with the stale session
+    release.set()
+    find_all.join()
+    accept.join()
+    assert seen == [[], ["find all"]]
+    assert results["accept"][0] == {"done": ["find all", "accept"]}
+    # gradio may read the state before the handler asks for the lock, even after the last one ended
+    assert ordered(page, stale, "next")[0] == {"done": ["find all", "accept", "next"]}
+    other = ordered(SimpleNamespace(session_hash="other page"), {"done": []}, "accept")
+    assert other[0] == {"done": ["accept"]}, "another page's session is its own"
+
 def test_labels_of_look_alikes_side_by_side_do_not_overlap_and_stay_on_the_canvas():
     from app.ui.annotate_overlay import label_positions
 
