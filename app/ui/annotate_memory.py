@@ -14,7 +14,7 @@ import gradio as gr
 from app.store import projects
 from app.studio import Studio
 from app.ui.annotate_navigation import open_image
-from app.ui.annotate_view import VIEW_OUTPUTS, copy_session, render
+from app.ui.annotate_view import DEFAULT_THRESHOLD, VIEW_OUTPUTS, copy_session, render
 
 STORAGE_KEY = "sam3-studio-annotate"
 
@@ -33,13 +33,21 @@ def remember(memory: dict | None, session: dict[str, Any] | None, threshold: flo
 
 def restore(studio: Studio, session: dict[str, Any], threshold: float | None, memory: dict | None) -> tuple:
     """After a project opened: its remembered image and threshold -> (the seven VIEW outputs, threshold).
-    Nothing changes when nothing is remembered or the image left the project."""
+    Nothing changes when nothing is remembered or the image left the project.
+
+    The remembered threshold applies only while the page shows the default one: a threshold set on
+    this page is newer than the browser's memory (which is written a round trip later), and a
+    restore that ends after the user typed one must not put the old value back. The threshold
+    output is sent only when it changes, for the same reason."""
     unchanged = (*[gr.update()] * len(VIEW_OUTPUTS), gr.update())
     entry = (memory or {}).get(str(session.get("project_id")))
     if not isinstance(entry, dict):
         return unchanged
     remembered, current = entry.get("threshold"), threshold
-    threshold = float(remembered) if isinstance(remembered, (int, float)) and 0 <= remembered <= 1 else threshold
+    page_default = current is None or float(current) == DEFAULT_THRESHOLD
+    if page_default and isinstance(remembered, (int, float)) and 0 <= remembered <= 1:
+        threshold = float(remembered)
+    threshold_output = gr.update() if threshold == current else threshold
     image_id = entry.get("image_id")
     try:
         image = projects.get_image(studio.engine, int(image_id))
@@ -50,5 +58,5 @@ def restore(studio: Studio, session: dict[str, Any], threshold: float | None, me
     if image.id == session.get("image_id"):
         if threshold == current:  # already there: nothing to send (this runs on every tab entry)
             return unchanged
-        return (*render(studio, copy_session(session), threshold, "", editor=False, listing=False), threshold)
-    return (*open_image(studio, session, threshold, image.id), threshold)
+        return (*render(studio, copy_session(session), threshold, "", editor=False, listing=False), threshold_output)
+    return (*open_image(studio, session, threshold, image.id), threshold_output)

@@ -258,3 +258,21 @@ def test_the_open_image_and_threshold_come_back_after_a_reload(studio):
     assert view(tuple(outputs))["session"]["image_id"] == project.images[2] and threshold == 0.3
     nothing = memory.restore(studio, fresh, 0.5, {str(project.id): {"image_id": 99999, "threshold": 0.3}})
     assert all(update == NO_CHANGE for update in nothing), "a deleted image is not restored"
+
+
+def test_a_restore_never_puts_back_an_older_threshold_than_the_page_shows(studio):
+    """The restore runs a round trip after the tab opens; a threshold typed meanwhile is newer."""
+    from app.ui import annotate_memory as memory
+
+    project = make_project(studio, images=3)
+    fresh = opened(studio, project)
+    kept = {str(project.id): {"image_id": project.images[2], "threshold": 0.3}}
+
+    *outputs, threshold = memory.restore(studio, fresh, 0.0, kept)  # the user typed 0 before it ran
+    assert threshold == NO_CHANGE
+    assert view(tuple(outputs))["session"]["image_id"] == project.images[2], "the remembered image still opens"
+    same = {str(project.id): {"image_id": project.images[2], "threshold": 0.5}}
+    *_, threshold = memory.restore(studio, fresh, 0.5, same)  # read before the user typed: nothing to send
+    assert threshold == NO_CHANGE
+    *_, threshold = memory.restore(studio, fresh, 0.5, kept)  # a reload shows the default: memory applies
+    assert threshold == 0.3
