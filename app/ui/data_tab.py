@@ -107,12 +107,16 @@ def build_data_tab(studio: Studio, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.But
     def refresh_gallery(event):
         return event.then(show_gallery, [project, status_filter, page], gallery_outputs)
 
-    demo.load(partial(handlers.refresh_projects, studio), [project], [project])
+    # one at a time, in arrival order: a page-load listing that read the database before a project was
+    # created must not land after the creation and clear the dropdown (seen on a loaded 2-core machine)
+    projects_in_order = {"concurrency_id": "project-dropdown", "concurrency_limit": 1}
+    demo.load(partial(handlers.refresh_projects, studio), [project], [project], **projects_in_order)
     tab = gr.context.Context.block  # the enclosing gr.Tab: entering it shows counts changed in Annotate
     if isinstance(tab, gr.Tab):
         tab.select(show_gallery, [project, status_filter, page], gallery_outputs)
     new_project_name.submit(
-        partial(handlers.create_project, studio), [new_project_name], [project, new_project_name, project_status]
+        partial(handlers.create_project, studio), [new_project_name], [project, new_project_name, project_status],
+        **projects_in_order,
     )
     selection_outputs = [selected_image, selected_text, split_choice]
     project.change(partial(handlers.concept_rows, studio), [project], [concept_table]).then(
