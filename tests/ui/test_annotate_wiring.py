@@ -125,3 +125,14 @@ def test_the_gallery_refreshes_on_entering_its_tab_and_opens_an_image_in_annotat
         "annotation counts changed in Annotate show when the gallery's tab is entered"
     opening = [fn for fn in annotate_dependencies(demo) if (by_id["data-open-in-annotate"], "click") in fn.targets]
     assert len(opening) == 1 and by_id["annotate-image-info"] in {block._id for block in opening[0].outputs}
+
+
+def test_the_page_load_project_list_and_create_run_one_at_a_time(studio):
+    """A page-load list that read the database before a project was created must not land after it."""
+    demo = build_app(studio)
+    by_id = {getattr(block, "elem_id", None): block_id for block_id, block in demo.blocks.items()}
+    writers = [fn for fn in demo.fns.values() if by_id["data-project"] in {block._id for block in fn.outputs}
+               and fn.concurrency_id == "project-dropdown"]
+    triggers = {event for fn in writers for _, event in fn.targets}
+    assert {"load", "submit"} <= triggers, triggers
+    assert all(fn.concurrency_limit == 1 for fn in writers)
