@@ -276,3 +276,17 @@ def test_a_restore_never_puts_back_an_older_threshold_than_the_page_shows(studio
     assert threshold == NO_CHANGE
     *_, threshold = memory.restore(studio, fresh, 0.5, kept)  # a reload shows the default: memory applies
     assert threshold == 0.3
+
+
+def test_the_project_already_open_is_not_reopened_by_a_repeated_change(studio):
+    """Gradio sent the project dropdown's change again and again on a loaded machine; each reopening
+    dropped the selection Find all had made, and the brush then painted a new, empty instance."""
+    project = make_project(studio, images=2)
+    session = opened(studio, project)
+    found = view(proposals.find_all(studio, session, 0.0, "base", project.concepts["crack"]))
+    assert found["session"]["selected"] is not None
+    again = navigation.open_project(studio, found["session"], 0.0, project.id)
+    assert all(update == NO_CHANGE for update in again)
+    other = projects.create_project(studio.engine, "Other")
+    switched = view(navigation.open_project(studio, found["session"], 0.0, other.id))
+    assert switched["session"]["project_id"] == other.id and switched["session"]["selected"] is None
