@@ -1,7 +1,16 @@
-"""Waits on the studio page shared by the browser tests: a component's text, and its progress overlay gone."""
+"""Waits on the studio page shared by the browser tests: a component's text, its progress overlay
+gone, and a canvas that has finished drawing."""
 from __future__ import annotations
 
+import io
+import time
+
+import numpy as np
+from PIL import Image
 from playwright.sync_api import Page
+
+SETTLE_MS = 400  # two screenshots this far apart that agree: the canvas has stopped drawing
+CHANGED_LEVELS = 24  # a colour step larger than anti-aliasing and PNG noise
 
 
 def wait_text(page: Page, selector: str, needle: str, timeout_ms: int) -> str:
@@ -22,3 +31,38 @@ def wait_no_progress(page: Page, selector: str, timeout_ms: int) -> None:
     page.wait_for_function("(sel) => { const e = document.querySelector(sel);"
                            " return !!e && !e.innerText.includes('processing') && !e.querySelector('.eta-bar'); }",
                            arg=selector, timeout=timeout_ms)
+
+
+def shown_pixels(page: Page, selector: str) -> np.ndarray:
+    """What the element shows now, uint8 [h, w, 3] (a screenshot of its box)."""
+    png = page.locator(selector).first.screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> int:
+    """Pixels whose colour moved by more than CHANGED_LEVELS in some channel (a different size: all)."""
+    if before.shape != after.shape:
+        return after.shape[0] * after.shape[1]
+    return int((np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=2) > CHANGED_LEVELS).sum())
+
+
+def wait_drawn(page: Page, selector: str, timeout_ms: int, unlike: np.ndarray | None = None,
+               min_changed: int = 1) -> np.ndarray:
+    """Wait until the element shows the same picture in two screenshots SETTLE_MS apart (and, with
+    `unlike`, one that differs from it in at least `min_changed` pixels); return that picture.
+
+    gradio's ImageEditor draws a value asynchronously (the background, then each layer from its
+    URL) and drops a layer whose load a later value overtook: a stroke painted before the layer
+    is drawn lands on nothing. Its progress overlay is gone long before that."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    previous = shown_pixels(page, selector)
+    while True:
+        page.wait_for_timeout(SETTLE_MS)
+        current = shown_pixels(page, selector)
+        settled = changed_pixels(previous, current) == 0
+        if settled and (unlike is None or changed_pixels(unlike, current) >= min_changed):
+            return current
+        if time.monotonic() > deadline:
+            moved = "still changing" if not settled else f"settled with {changed_pixels(unlike, current)} pixels changed"
+            raise AssertionError(f"{selector} did not show the expected picture in {timeout_ms} ms: {moved}")
+        previous = current

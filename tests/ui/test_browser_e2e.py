@@ -30,11 +30,12 @@ from transformers import Sam3Model
 
 from sam3_lora.synthetic import write_synthetic_coco
 from tests.ui import browser_waits
-from tests.ui.browser_waits import wait_no_progress
+from tests.ui.browser_waits import wait_drawn, wait_no_progress
 from tests.ui.studio_process import start_studio, stop
 from tests.waiting import work_deadline_s
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+EDITOR_CANVAS = "#annotate-editor canvas"
 WAIT_MS = int(work_deadline_s(start_s=30) * 1000)  # model loads, a cold worker, two shared cores
 JOB_STEPS = 40
 # the fine-tune: a worker start, an evaluation before and after, and JOB_STEPS steps (~0.5 s each on
@@ -159,16 +160,20 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     page.wait_for_function("() => !document.querySelector('#annotate-image-info').innerText.includes('No image open')",
                            timeout=WAIT_MS)
     fill_number(page, "#annotate-threshold", "0")
+    wait_idle(page, "#annotate-editor")
+    opened = wait_drawn(page, EDITOR_CANVAS, WAIT_MS)  # the opened image, as the user sees it before Find all
     before = {row_id: (revision, rle) for row_id, revision, rle in human_annotations(data_dir)}
     page.locator("#annotate-find-all").click()
     wait_text(page, "#annotate-message", "proposal")
     page.wait_for_function("() => document.querySelectorAll('#annotate-instances tbody tr').length >= 1", timeout=WAIT_MS)
     wait_idle(page, "#annotate-editor")  # the editor draws the selected instance's layer after the table
     proposal = best_proposal(data_dir)  # Find all selects the best proposal and loads it into the editor
+    # a stroke painted before the editor has drawn the proposal's layer lands on nothing
+    proposed = wait_drawn(page, EDITOR_CANVAS, WAIT_MS, unlike=opened)
     # erase across a mask that covers the middle of the image, paint across one that does not
     tool = "Erase" if proposal[proposal.shape[0] // 2].mean() > 0.5 else "Brush"
     page.locator("#annotate-editor").get_by_role("button", name=tool, exact=True).click()
-    canvas = page.locator("#annotate-editor canvas").first
+    canvas = page.locator(EDITOR_CANVAS).first
     box = canvas.bounding_box()
     assert box and box["width"] > 50, box
     page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.5)
@@ -176,6 +181,7 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     for step in range(1, 21):
         page.mouse.move(box["x"] + box["width"] * (0.2 + 0.03 * step), box["y"] + box["height"] * 0.5, steps=2)
     page.mouse.up()
+    wait_drawn(page, EDITOR_CANVAS, WAIT_MS, unlike=proposed)  # the stroke is on the canvas
     page.locator("#annotate-save-mask").click()
     saved_message = wait_text(page, "#annotate-message", "saved")
     after = {row_id: (revision, rle) for row_id, revision, rle in human_annotations(data_dir)}
