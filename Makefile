@@ -51,7 +51,7 @@ system-deps:
 	fi
 
 test: $(DEV_STAMP) system-deps
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
