@@ -34,8 +34,15 @@ def wait_no_progress(page: Page, selector: str, timeout_ms: int) -> None:
 
 
 def shown_pixels(page: Page, selector: str) -> np.ndarray:
-    """What the element shows now, uint8 [h, w, 3] (a screenshot of its box)."""
-    png = page.locator(selector).first.screenshot()
+    """What the element shows now, uint8 [h, w, 3]: the page's pixels in its box. (An element
+    screenshot waits for the element to be "stable" first, which the editor's canvas never was
+    for 20 s in one run; a clip of the viewport takes the picture as it is.)"""
+    element = page.locator(selector).first
+    element.scroll_into_view_if_needed()
+    box = element.bounding_box()
+    if not box or box["width"] < 1 or box["height"] < 1:
+        return np.zeros((0, 0, 3), dtype=np.uint8)
+    png = page.screenshot(clip=box, animations="disabled")
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
