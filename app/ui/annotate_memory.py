@@ -14,7 +14,7 @@ import gradio as gr
 from app.store import projects
 from app.studio import Studio
 from app.ui.annotate_navigation import open_image
-from app.ui.annotate_view import DEFAULT_THRESHOLD, VIEW_OUTPUTS, copy_session, render
+from app.ui.annotate_view import DEFAULT_THRESHOLD, copy_session, render, unchanged_view
 
 STORAGE_KEY = "sam3-studio-annotate"
 
@@ -39,7 +39,7 @@ def restore(studio: Studio, session: dict[str, Any], threshold: float | None, me
     this page is newer than the browser's memory (which is written a round trip later), and a
     restore that ends after the user typed one must not put the old value back. The threshold
     output is sent only when it changes, for the same reason."""
-    unchanged = (*[gr.update()] * len(VIEW_OUTPUTS), gr.update())
+    unchanged = (*unchanged_view(), gr.update())
     entry = (memory or {}).get(str(session.get("project_id")))
     if not isinstance(entry, dict):
         return unchanged

@@ -16,7 +16,7 @@ from app.store.image_order import neighbour_image_id
 from app.store.review_queue import LEAST_CERTAIN, least_certain_proposal, queue_neighbour
 from app.studio import Studio
 from app.ui.annotate_view import (
-    ALL_STATUSES, DEFAULT_THRESHOLD, VIEW_OUTPUTS, copy_session, new_session, render, select, status_filter_value,
+    ALL_STATUSES, DEFAULT_THRESHOLD, copy_session, new_session, render, select, status_filter_value, unchanged_view,
 )
 from app.ui.messages import refusal
 from app.ui.proposal_choices import BASE_CHOICE, proposal_model_choices
@@ -32,9 +32,8 @@ def open_project(studio: Studio, session: dict[str, Any], threshold: float | Non
     """A new project: fresh session (same status filter and undo stack), its first image opened.
     The project already open with an image changes nothing (gradio sends the dropdown's change
     again when the dropdown is redrawn; reopening would drop the user's image and selection)."""
-    if session.get("project_id") is not None and session.get("project_id") == _project_id(project_id) \
-            and session.get("image_id") is not None:
-        return tuple(gr.update() for _ in VIEW_OUTPUTS)
+    if session.get("image_id") is not None and session.get("project_id") == _project_id(project_id):
+        return unchanged_view()
     old = copy_session(session)
     session = new_session(_project_id(project_id))
     session["status_filter"], session["undo"] = old["status_filter"], old["undo"]

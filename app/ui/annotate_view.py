@@ -71,6 +71,11 @@ def new_session(project_id: int | None = None) -> dict[str, Any]:
     }
 
 
+def unchanged_view() -> tuple:
+    """The seven VIEW outputs, each left as the page has it (fresh gr.update()s: gradio may change them)."""
+    return tuple(gr.update() for _ in VIEW_OUTPUTS)
+
+
 def copy_session(session: dict[str, Any] | None) -> dict[str, Any]:
     """A deep copy with every key present (handlers never mutate the value gradio holds)."""
     return {**new_session(), **copy.deepcopy(session or {})}
