@@ -53,10 +53,9 @@ def changed_pixels(before: np.ndarray, after: np.ndarray) -> int:
     return int((np.abs(before.astype(np.int16) - after.astype(np.int16)).max(axis=2) > CHANGED_LEVELS).sum())
 
 
-def wait_drawn(page: Page, selector: str, timeout_ms: int, unlike: np.ndarray | None = None,
-               min_changed: int = 1) -> np.ndarray:
+def wait_drawn(page: Page, selector: str, timeout_ms: int, unlike: np.ndarray | None = None) -> np.ndarray:
     """Wait until the element shows the same picture in two screenshots SETTLE_MS apart (and, with
-    `unlike`, one that differs from it in at least `min_changed` pixels); return that picture.
+    `unlike`, one that differs from it); return that picture.
 
     gradio's ImageEditor draws a value asynchronously (the background, then each layer from its
     URL) and drops a layer whose load a later value overtook: a stroke painted before the layer
@@ -67,7 +66,7 @@ def wait_drawn(page: Page, selector: str, timeout_ms: int, unlike: np.ndarray | 
         page.wait_for_timeout(SETTLE_MS)
         current = shown_pixels(page, selector)
         settled = changed_pixels(previous, current) == 0
-        if settled and (unlike is None or changed_pixels(unlike, current) >= min_changed):
+        if settled and (unlike is None or changed_pixels(unlike, current) > 0):
             return current
         if time.monotonic() > deadline:
             moved = "still changing" if not settled else f"settled with {changed_pixels(unlike, current)} pixels changed"

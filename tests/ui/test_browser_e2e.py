@@ -160,15 +160,16 @@ def test_label_train_download_in_a_real_browser(page, studio_url, shapes_zip, sh
     page.wait_for_function("() => !document.querySelector('#annotate-image-info').innerText.includes('No image open')",
                            timeout=WAIT_MS)
     fill_number(page, "#annotate-threshold", "0")
-    wait_idle(page, "#annotate-editor")
+    wait_no_progress(page, "#annotate-editor", WAIT_MS)
     opened = wait_drawn(page, EDITOR_CANVAS, WAIT_MS)  # the opened image, as the user sees it before Find all
     before = {row_id: (revision, rle) for row_id, revision, rle in human_annotations(data_dir)}
     page.locator("#annotate-find-all").click()
     wait_text(page, "#annotate-message", "proposal")
     page.wait_for_function("() => document.querySelectorAll('#annotate-instances tbody tr').length >= 1", timeout=WAIT_MS)
-    wait_idle(page, "#annotate-editor")  # the editor draws the selected instance's layer after the table
+    wait_no_progress(page, "#annotate-editor", WAIT_MS)
     proposal = best_proposal(data_dir)  # Find all selects the best proposal and loads it into the editor
-    # a stroke painted before the editor has drawn the proposal's layer lands on nothing
+    # the editor draws the selected instance's layer after the table; a stroke painted before it
+    # has drawn lands on nothing
     wait_drawn(page, EDITOR_CANVAS, WAIT_MS, unlike=opened)
     # erase across a mask that covers the middle of the image, paint across one that does not
     tool = "Erase" if proposal[proposal.shape[0] // 2].mean() > 0.5 else "Brush"
