@@ -15,17 +15,24 @@ while Find all runs acts on Find all's result (a restore queued behind Find all 
 put back the selection Find all replaced).
 
     handler(session, *rest) -> (session, *outputs)   the session is the first input and output
+
+Each event leaves one INFO line in the studio log (page, handler, seconds waited for the page's
+previous event and run, the open image before and after), so a slow or lost click can be traced.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
+import time
 import typing
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+
+logger = logging.getLogger(__name__)
 
 SESSION_PARALLELISM = 4  # Annotate events of different sessions running at once (2 CPU cores: model work is short)
 SESSIONS_KEPT = 1024  # pages whose lock and last session are kept (the least recently used are dropped)
@@ -59,18 +66,31 @@ def session_lock(session_hash: str) -> _SessionLock:
         return found
 
 
+def _place(session: Any) -> str:
+    """Where a session is, for the event log: "project 1 image 6 instance 11 (least certain first)"."""
+    if not isinstance(session, dict) or "__type__" in session:
+        return "unchanged"
+    return (f"project {session.get('project_id')} image {session.get('image_id')} instance {session.get('selected')}"
+            f" ({session.get('status_filter')})")
+
+
 def in_session_order(handler: Callable[..., Any]) -> Callable[..., Any]:
     """`handler` wrapped to hold its session's lock; gradio passes the gr.Request as its first argument
     (the wrapper's signature is (request: gr.Request, *handler's parameters), so gr.SelectData still arrives)."""
     def run(request: gr.Request, *args: Any) -> Any:
-        held = session_lock(getattr(request, "session_hash", None) or "")
+        page = getattr(request, "session_hash", None) or ""
+        held = session_lock(page)
+        asked = time.monotonic()
         with held.lock:
+            started = time.monotonic()
             if held.latest is not None and args and isinstance(args[0], dict):
                 args = (held.latest, *args[1:])  # newer than the gr.State gradio read before the lock
             result = handler(*args)
             returned = result[0] if isinstance(result, tuple) and result else None
             if isinstance(returned, dict) and "__type__" not in returned:  # a session, not a gr.update()
                 held.latest = returned
+            logger.info("annotate %s on page %s: waited %.2f s, ran %.2f s; %s -> %s", run.__name__, page[:8],
+                        started - asked, time.monotonic() - started, _place(args[0] if args else None), _place(returned))
             return result
 
     parameters = list(inspect.signature(handler).parameters.values())

@@ -3,9 +3,12 @@ of their handlers (app.ui.session_order) with real threads."""
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from types import SimpleNamespace
+
+import gradio as gr
 
 from app.ui.layout import build_app
 from app.ui.session_order import in_session_order
@@ -95,6 +98,27 @@ def test_an_event_started_while_another_ran_gets_the_session_that_one_returned()
     assert ordered(page, stale, "next")[0] == {"done": ["find all", "accept", "next"]}
     other = ordered(SimpleNamespace(session_hash="other page"), {"done": []}, "accept")
     assert other[0] == {"done": ["accept"]}, "another page's session is its own"
+
+
+def test_each_ordered_event_leaves_one_log_line_with_the_page_the_handler_and_where_it_went(caplog):
+    def step(session: dict, threshold: float) -> tuple[dict, str]:
+        return {**session, "image_id": session["image_id"] + 1}, "moved"
+
+    def keep(session: dict, threshold: float) -> tuple[dict, str]:
+        return gr.update(), "nothing"
+
+    page = SimpleNamespace(session_hash="abcdefgh-the-rest")
+    start = {"project_id": 3, "image_id": 6, "selected": None, "status_filter": "all"}
+    with caplog.at_level(logging.INFO, logger="app.ui.session_order"):
+        in_session_order(step)(page, start, 0.5)
+        in_session_order(keep)(page, start, 0.5)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("annotate step on page abcdefgh: waited "), lines[0]
+    assert lines[0].endswith("; project 3 image 6 instance None (all) -> project 3 image 7 instance None (all)"), lines[0]
+    assert lines[1].startswith("annotate keep on page abcdefgh"), lines[1]
+    assert lines[1].endswith("; project 3 image 7 instance None (all) -> unchanged"), lines[1]
+
 
 def test_labels_of_look_alikes_side_by_side_do_not_overlap_and_stay_on_the_canvas():
     from app.ui.annotate_overlay import label_positions
