@@ -12,7 +12,9 @@ Events (`on_event(dict)`; returning "stop" ends the run cleanly, e.g. on cancel)
   {"type": "step", step, epoch, lr, num_boxes, images_per_s, grad_norm, <loss terms>}
                                                   every log_every steps (means over them)
   {"type": "eval", step, split: "val", <val loss terms>, segm_mAP, bbox_mAP, per_concept}
-  {"type": "checkpoint", step, path}
+  {"type": "saving_checkpoint", step}    before checkpoint `step` is written: make durable now
+                                          what a resume from it must not lose (e.g. metric rows)
+  {"type": "checkpoint", step, path}      once it is written
   {"type": "end", step, stopped, adapter_dir}
 Only rank 0 emits events and writes files.
 """
@@ -262,8 +264,11 @@ def _evaluate(run: _Run, step: int, with_map: bool) -> dict:
 
 
 def _save_state(run: _Run, step: int, position: tuple[int, int]) -> None:
-    """Checkpoint (rank 0 writes it) and a "checkpoint" event."""
+    """Checkpoint (rank 0 writes it) between a "saving_checkpoint" and a "checkpoint" event."""
     path = checkpoint_path(run.checkpoints, step)
+    # Every rank emits (here and below): _emit all-reduces, and a collective on rank 0 alone
+    # would pair with the next step's num_boxes all_reduce on the other ranks.
+    _emit(run.on_event, {"type": "saving_checkpoint", "step": step})
     if dist.is_main_process():
         save_checkpoint(path, {
             "step": step, "epoch": position[0], "batch_in_epoch": position[1],
@@ -271,6 +276,4 @@ def _save_state(run: _Run, step: int, position: tuple[int, int]) -> None:
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "rng": capture_rng_state(),
             "history": run.result.history, "eval_before": run.result.eval_before, "config": run.cfg.to_dict()})
         remove_old_checkpoints(run.checkpoints, keep=KEEP_CHECKPOINTS)
-    # Every rank emits: _emit all-reduces, and a collective on rank 0 alone would pair
-    # with the next step's num_boxes all_reduce on the other ranks.
     _emit(run.on_event, {"type": "checkpoint", "step": step, "path": str(path)})

@@ -138,8 +138,11 @@ class _EventRecorder:
             self.writer.add(metric_rows(event, "train"))
         elif kind == "eval":
             self.writer.add(metric_rows(event, "val"))
+        elif kind == "saving_checkpoint":
+            # rows up to the checkpoint are in the database before its file exists: a resume from
+            # it does not write them again, and a kill between the two must not lose them
+            self.writer.flush()
         elif kind == "checkpoint":
-            self.writer.flush()  # rows up to the checkpoint survive a kill; a resume does not rewrite them
             set_checkpoint(self.engine, self.job.id, event["path"], attempt=self.job.attempt)
         return "stop" if self.stop_requested else None
 

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from app.jobs.lifecycle import create_job
+from app.jobs.lifecycle import create_job, get_job
 from app.jobs.metrics import MetricWriter, delete_metrics_after, read_metrics
 from tests.jobs.conftest import CONFIG, SNAPSHOT, write_metric_rows
+from worker.run_job import _EventRecorder
 
 
 @pytest.fixture
@@ -96,3 +97,18 @@ def test_writer_refuses_a_bad_row_in_the_caller(engine, job_id):
             writer.add({"step": 1, "name": "loss"})
         writer.add(loss(1))
     assert steps(engine, job_id) == [1]
+
+
+def test_the_worker_writes_the_rows_up_to_a_checkpoint_before_its_file_is_written(engine, job_id):
+    """A resume from checkpoint k keeps the rows of steps <= k and does not write them again, so
+    they must be in the database on "saving_checkpoint" k: a worker stopped right after the file
+    was written lost steps 3 and 4 of a job's curve (the writer's timer had not fired yet)."""
+
+    with MetricWriter(engine, job_id, max_rows=100, max_delay_s=60) as writer:
+        record = _EventRecorder(engine, get_job(engine, job_id), writer)
+        for step in range(1, 5):
+            record({"type": "progress", "step": step, "total_steps": 8, "epoch": 0.0})
+            record({"type": "step", "step": step, "epoch": 0.0, "loss": 1.0 / step})
+        assert steps(engine, job_id) == [], "nothing is due yet"
+        record({"type": "saving_checkpoint", "step": 4})
+        assert steps(engine, job_id) == [1, 2, 3, 4]

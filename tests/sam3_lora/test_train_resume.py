@@ -76,11 +76,37 @@ def step_losses(history: list[dict]) -> dict[int, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def whole(tiny_model_dir, dataset, tmp_path_factory):
-    """The uninterrupted run (2 loader workers, a checkpoint every 2 steps, which changes no number)."""
-    result = train(make_config(tiny_model_dir, dataset, tmp_path_factory.mktemp("whole"), checkpoint_every=2))
+def whole_run(tiny_model_dir, dataset, tmp_path_factory) -> tuple:
+    """The uninterrupted run (2 loader workers, a checkpoint every 2 steps, which changes no number):
+    (result, [(event type, step, whether that step's checkpoint file existed when the event came)])."""
+    run_dir = tmp_path_factory.mktemp("whole")
+    seen: list[tuple[str, int, bool]] = []
+
+    def on_event(event: dict) -> None:
+        step = event.get("step", event.get("start_step"))
+        seen.append((event["type"], step, checkpoint_path(run_dir / "checkpoints", step).exists()))
+
+    result = train(make_config(tiny_model_dir, dataset, run_dir, checkpoint_every=2), on_event)
     assert result.steps == STEPS
-    return result
+    return result, seen
+
+
+@pytest.fixture(scope="module")
+def whole(whole_run):
+    return whole_run[0]
+
+
+def test_a_checkpoint_is_announced_after_every_step_up_to_it_and_before_its_file_exists(whole_run):
+    """What a resume from checkpoint k skips (the rows of steps <= k) must be made durable on
+    "saving_checkpoint" k: every step event up to k came before it, and the file is not there yet."""
+    _, seen = whole_run
+    saving = [index for index, (kind, _, _) in enumerate(seen) if kind == "saving_checkpoint"]
+    assert [seen[index][1] for index in saving] == [2, 4, 6, 8]
+    for index in saving:
+        _, step, file_existed = seen[index]
+        assert not file_existed, f"checkpoint {step} was written before it was announced"
+        assert [s for kind, s, _ in seen[:index] if kind == "step"] == list(range(1, step + 1))
+        assert seen[index + 1] == ("checkpoint", step, True)
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(tiny_model_dir, dataset, whole, tmp_path):
