@@ -33,13 +33,17 @@ def remember(memory: dict | None, session: dict[str, Any] | None, threshold: flo
 
 def restore(studio: Studio, session: dict[str, Any], threshold: float | None, memory: dict | None) -> tuple:
     """After a project opened: its remembered image and threshold -> (the seven VIEW outputs, threshold).
-    Nothing changes when nothing is remembered or the image left the project.
+    Nothing changes when nothing is remembered, the image left the project, or another handler has
+    run since the opening (the session is no longer "restorable", app.ui.annotate_view.copy_session):
+    a restore queued behind the user's first click must not undo it.
 
     The remembered threshold applies only while the page shows the default one: a threshold set on
     this page is newer than the browser's memory (which is written a round trip later), and a
     restore that ends after the user typed one must not put the old value back. The threshold
     output is sent only when it changes, for the same reason."""
     unchanged = (*unchanged_view(), gr.update())
+    if not session.get("restorable"):
+        return unchanged
     entry = (memory or {}).get(str(session.get("project_id")))
     if not isinstance(entry, dict):
         return unchanged

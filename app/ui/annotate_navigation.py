@@ -31,12 +31,14 @@ def _project_id(value: Any) -> int | None:
 def open_project(studio: Studio, session: dict[str, Any], threshold: float | None, project_id: Any) -> tuple:
     """A new project: fresh session (same status filter and undo stack), its first image opened.
     The project already open with an image changes nothing (gradio sends the dropdown's change
-    again when the dropdown is redrawn; reopening would drop the user's image and selection)."""
+    again when the dropdown is redrawn; reopening would drop the user's image and selection).
+    The new session is "restorable": the restore chained after this may go to the remembered place."""
     if session.get("image_id") is not None and session.get("project_id") == _project_id(project_id):
         return unchanged_view()
     old = copy_session(session)
     session = new_session(_project_id(project_id))
     session["status_filter"], session["undo"] = old["status_filter"], old["undo"]
+    session["restorable"] = True
     if session["project_id"] is None:
         return render(studio, session, threshold, "Choose a project under Projects & Data.")
     session["image_id"] = _neighbour(studio, session, threshold, 1, from_head=True)
@@ -125,10 +127,12 @@ def set_status_filter(studio: Studio, session: dict[str, Any], threshold: float 
 
 def refresh_tab(studio: Studio, session: dict[str, Any], threshold: float | None, project_id: Any) -> tuple:
     """On entering the tab: pick up images, statuses and annotations changed elsewhere. The editor
-    is sent again: gradio 6.31's ImageEditor draws nothing for a value it got while its tab was hidden."""
+    is sent again: gradio 6.31's ImageEditor draws nothing for a value it got while its tab was hidden.
+    The session is "restorable" (see open_project): the browser may fill its memory only by now."""
     session = copy_session(session)
     if session.get("project_id") != _project_id(project_id) or session.get("image_id") is None:
         return open_project(studio, session, threshold, project_id)
+    session["restorable"] = True
     return render(studio, session, threshold, "")
 
 

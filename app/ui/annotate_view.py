@@ -67,7 +67,7 @@ def new_session(project_id: int | None = None) -> dict[str, Any]:
     return {
         "project_id": project_id, "image_id": None, "status_filter": ALL_STATUSES, "concept_id": None,
         "selected": None, "base_revision": None, "clicks": [], "corner": None, "box": None,
-        "candidate": 0, "undo": [],
+        "candidate": 0, "undo": [], "restorable": False,
     }
 
 
@@ -77,8 +77,10 @@ def unchanged_view() -> tuple:
 
 
 def copy_session(session: dict[str, Any] | None) -> dict[str, Any]:
-    """A deep copy with every key present (handlers never mutate the value gradio holds)."""
-    return {**new_session(), **copy.deepcopy(session or {})}
+    """A deep copy with every key present (handlers never mutate the value gradio holds), without the
+    "restorable" mark: only opening the project or the tab sets it (app.ui.annotate_navigation), so
+    the remembered place is restored only while no other handler has run since (app.ui.annotate_memory)."""
+    return {**new_session(), **copy.deepcopy(session or {}), "restorable": False}
 
 
 def select(session: dict[str, Any], annotation: Annotation | None) -> None:

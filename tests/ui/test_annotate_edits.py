@@ -278,6 +278,22 @@ def test_a_restore_never_puts_back_an_older_threshold_than_the_page_shows(studio
     assert threshold == 0.3
 
 
+def test_a_restore_queued_behind_the_users_first_move_does_not_undo_it(studio):
+    """Entering the tab chains a restore after the refresh; on a loaded machine the user's click on
+    "least certain first" ran before it, and the restore put the remembered image back."""
+    from app.ui import annotate_memory as memory
+    from app.ui import annotate_navigation as navigation
+
+    project = make_project(studio, images=3)
+    entered = view(navigation.refresh_tab(studio, opened(studio, project), 0.5, project.id))["session"]
+    kept = {str(project.id): {"image_id": project.images[2], "threshold": 0.5}}
+    moved = view(navigation.step_image(studio, entered, 0.5, step=1))["session"]
+    assert moved["image_id"] == project.images[1]
+    assert all(update == NO_CHANGE for update in memory.restore(studio, moved, 0.5, kept)), "the user's move stands"
+    *outputs, _ = memory.restore(studio, entered, 0.5, kept)  # nothing ran between: the memory applies
+    assert view(tuple(outputs))["session"]["image_id"] == project.images[2]
+
+
 def test_the_project_already_open_is_not_reopened_by_a_repeated_change(studio):
     """Gradio sent the project dropdown's change again and again on a loaded machine; each reopening
     dropped the selection Find all had made, and the brush then painted a new, empty instance."""
