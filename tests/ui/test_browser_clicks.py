@@ -25,6 +25,7 @@ from pycocotools import mask as coco_mask
 from app.settings import Settings
 from app.store import projects
 from app.store.uploads import ingest_files
+from app.ui import annotate_memory as memory
 from app.studio import open_studio
 from sam3_lora.interactive import load_tracker, segment_object
 from sam3_lora.predict import load_predictor
@@ -130,11 +131,16 @@ def test_a_click_segments_one_of_several_look_alikes_and_a_negative_click_refine
 
         # a threshold typed into the number box is kept, in this browser, across a reload
         number = page.locator("#annotate-threshold input[type=number]").first
+        stored = page.evaluate("(key) => localStorage.getItem(key)", memory.STORAGE_KEY)  # encrypted by gradio
         number.fill("0.3")
         number.press("Enter")
         page.wait_for_function("() => document.querySelector('#annotate-image-info').innerText.includes('instance')",
                                timeout=WAIT_MS)
-        page.wait_for_timeout(1000)
+        # reload only once the browser has written its memory again (a fixed 1 s pause was too short
+        # beside two CPU burners, and the reload found the old threshold)
+        page.wait_for_function("([key, stored]) => localStorage.getItem(key) !== stored",
+                               arg=[memory.STORAGE_KEY, stored], timeout=WAIT_MS)
+        page.wait_for_timeout(1000)  # the second write (the session's) lands too
         page.reload()
         page.get_by_role("tab", name="Annotate", exact=True).click()
         page.wait_for_function("() => document.querySelector('#annotate-threshold input[type=number]').value === '0.3'",
