@@ -66,9 +66,14 @@ def session_lock(session_hash: str) -> _SessionLock:
         return found
 
 
+def _is_session(value: Any) -> bool:
+    """A session dict, not a gr.update() (also a dict) or another output."""
+    return isinstance(value, dict) and "__type__" not in value
+
+
 def _place(session: Any) -> str:
     """Where a session is, for the event log: "project 1 image 6 instance 11 (least certain first)"."""
-    if not isinstance(session, dict) or "__type__" in session:
+    if not _is_session(session):
         return "unchanged"
     return (f"project {session.get('project_id')} image {session.get('image_id')} instance {session.get('selected')}"
             f" ({session.get('status_filter')})")
@@ -87,7 +92,7 @@ def in_session_order(handler: Callable[..., Any]) -> Callable[..., Any]:
                 args = (held.latest, *args[1:])  # newer than the gr.State gradio read before the lock
             result = handler(*args)
             returned = result[0] if isinstance(result, tuple) and result else None
-            if isinstance(returned, dict) and "__type__" not in returned:  # a session, not a gr.update()
+            if _is_session(returned):
                 held.latest = returned
             logger.info("annotate %s on page %s: waited %.2f s, ran %.2f s; %s -> %s", run.__name__, page[:8],
                         started - asked, time.monotonic() - started, _place(args[0] if args else None), _place(returned))

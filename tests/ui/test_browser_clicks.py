@@ -25,8 +25,8 @@ from pycocotools import mask as coco_mask
 from app.settings import Settings
 from app.store import projects
 from app.store.uploads import ingest_files
-from app.ui import annotate_memory as memory
 from app.studio import open_studio
+from app.ui import annotate_memory as memory
 from sam3_lora.interactive import load_tracker, segment_object
 from sam3_lora.predict import load_predictor
 from tests.click_tracker import disk_scene
